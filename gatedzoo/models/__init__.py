@@ -1,0 +1,1 @@
+"""One file per model family; importing this package registers every architecture."""

@@ -1,0 +1,132 @@
+"""The base LightningModule every task derives from, the zoo-weights callback and the evaluator registry."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch import nn
+
+from gatedzoo.zoo import create_model, zoo_config
+
+# metric names: shared by logging, checkpoint monitors, early stopping and the model cards
+TRAIN_LOSS = "train/loss"
+VAL_LOSS = "val/loss"
+TEST_LOSS = "test/loss"
+
+#: evaluators by task name: ``fn(model, data: str | None, split: str) -> dict[str, float]``
+EVALUATORS: dict[str, Callable] = {}
+
+
+def register_evaluator(task: str):
+    """Register the function ``gatedzoo eval`` runs for models whose ``zoo_config["task"]`` is ``task``."""
+
+    def wrap(fn):
+        EVALUATORS[task] = fn
+        return fn
+
+    return wrap
+
+
+class ZooTask(L.LightningModule):
+    """Holds a zoo model and the optimisation shared by all tasks (AdamW, warm-up + cosine schedule).
+
+    Args:
+        arch (str): model name for :func:`gatedzoo.create_model` (``arch``, ``arch.tag``, a folder, ...).
+        model_args (dict, Optional): architecture arguments / overrides. Default: `None`.
+        pretrained (bool): start from zoo weights (fine-tuning). Default: `False`.
+        lr (float): peak learning rate. Default: ``1e-3``.
+        weight_decay (float): AdamW weight decay. Default: ``0.05``.
+        warmup_epochs (float): linear warm-up length in epochs. Default: ``0``.
+        schedule (str): ``"cosine"`` (to ``min_lr_ratio`` of the peak), ``"halving"`` (TSLib "type1": halve every
+            epoch) or ``"constant"``. Default: ``"cosine"``.
+        min_lr_ratio (float): floor of the cosine schedule. Default: ``0.01``.
+        freeze (list[str], Optional): parameter-name prefixes to freeze (fine-tuning). Default: `None`.
+    """
+
+    def __init__(
+        self,
+        arch: str,
+        model_args: dict | None = None,
+        pretrained: bool = False,
+        lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        warmup_epochs: float = 0.0,
+        schedule: str = "cosine",
+        min_lr_ratio: float = 0.01,
+        freeze: list[str] | None = None,
+    ):
+        super().__init__()
+        if schedule not in ("cosine", "halving", "constant"):
+            raise ValueError(f"schedule={schedule!r}; use 'cosine', 'halving' or 'constant'.")
+        self.save_hyperparameters()
+        self.model: nn.Module = create_model(arch, pretrained=pretrained, **(model_args or {}))
+        for name, p in self.model.named_parameters():
+            if freeze and name.startswith(tuple(freeze)):
+                p.requires_grad_(False)
+
+    def forward(self, *args, **kwargs):
+        return self.model(*args, **kwargs)
+
+    def on_fit_start(self) -> None:
+        # the data module knows the preprocessing (scalers, vocabularies, label names) that must travel with weights
+        dm = getattr(self.trainer, "datamodule", None)
+        meta = dm.zoo_metadata() if dm is not None and hasattr(dm, "zoo_metadata") else {}
+        zoo_config(self.model).update(meta)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=hp.lr
+        )
+        if hp.schedule == "constant" and hp.warmup_epochs == 0:
+            return opt
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        per_epoch = max(total // max(self.trainer.max_epochs or 1, 1), 1)
+        warm = int(hp.warmup_epochs * per_epoch)
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            if hp.schedule == "halving":
+                return 0.5 ** (step // per_epoch)
+            if hp.schedule == "constant":
+                return 1.0
+            t = (step - warm) / max(total - warm, 1)
+            return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class SaveZooWeights(L.Callback):
+    """At the end of fitting, write the trained model as zoo weights (``model.safetensors`` + ``config.json``).
+
+    Args:
+        dirpath (str): output folder. Default: ``<trainer.log_dir>/zoo``.
+        best (bool): reload the best checkpoint of the first ``ModelCheckpoint`` before saving. Default: `True`.
+        extra (dict, Optional): entries merged into the config (data, recipe, licence, ...). Default: `None`.
+    """
+
+    def __init__(self, dirpath: str | None = None, best: bool = True, extra: dict | None = None):
+        self.dirpath, self.best, self.extra = dirpath, best, extra or {}
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: ZooTask) -> None:
+        ckpt = trainer.checkpoint_callback
+        if self.best and ckpt is not None and ckpt.best_model_path and os.path.exists(ckpt.best_model_path):
+            state = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=False)["state_dict"]
+            pl_module.load_state_dict(state)
+        if trainer.is_global_zero:
+            out = Path(self.dirpath or Path(trainer.log_dir or ".") / "zoo")
+            metrics = {
+                k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1
+            }
+            pl_module.model.save_pretrained(out, metrics=metrics, **self.extra)

@@ -1,0 +1,210 @@
+"""Registry, save/load, head adaptation and downloads against a real HTTP server on 127.0.0.1."""
+
+import contextlib
+import logging
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import torch
+import toy  # noqa: F401  (registers toy_attention_classifier)
+
+import gatedzoo
+from gatedzoo.io import ChecksumError, IncompleteDownloadError, sha256sum
+from gatedzoo.zoo import PretrainedTag, create_model, list_models, model_info
+from gatedzoo.zoo.registry import register_pretrained
+
+
+@pytest.fixture
+def saved(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("toy_attention_classifier", dim=16)
+    model.zoo_config["label_names"] = list("abcdefghij")
+    folder = model.save_pretrained(tmp_path / "toy")
+    return model, folder
+
+
+class Handler(SimpleHTTPRequestHandler):
+    """Serves a folder; paths under /broken/ announce the full length but send half, then hang up."""
+
+    requests: list[str] = []
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        Handler.requests.append(self.path)
+        if not self.path.startswith("/broken/"):
+            return super().do_GET()
+        data = (Path(self.directory) / self.path[len("/broken/"):]).read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data[: len(data) // 2])
+        self.wfile.flush()
+        self.close_connection = True
+
+
+@pytest.fixture
+def server(saved):
+    _, folder = saved
+    Handler.requests = []
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), lambda *a, **k: Handler(*a, directory=str(folder.parent), **k))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("GATEDZOO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    return tmp_path / "cache"
+
+
+def tag(name, url, folder, wrong=False):
+    digests = {f: sha256sum(folder / f) for f in ("config.json", "model.safetensors")}
+    if wrong:
+        digests["model.safetensors"] = "0" * 64
+    entry = PretrainedTag(name=f"toy_attention_classifier.{name}", arch="toy_attention_classifier", tag=name,
+                          url=url, sha256=digests)
+    register_pretrained(entry)
+    return entry.name
+
+
+def same_outputs(a, b):
+    x = torch.rand(3, 64)
+    a.eval()
+    b.eval()
+    torch.testing.assert_close(a(x), b(x))
+
+
+def test_registry_lists_and_describes():
+    assert "toy_attention_classifier" in list_models("toy_*")
+    assert list_models("nothing_like_this*") == []
+    info = model_info("toy_attention_classifier")
+    assert info["task"] == "toy_classification" and info["family"] == "toy"
+    with pytest.raises(KeyError, match="unknown architecture"):
+        create_model("no_such_arch")
+
+
+def test_roundtrip_local_dir_folder_and_file(saved):
+    model, folder = saved
+    for source in (f"local-dir:{folder}", str(folder), str(folder / "model.safetensors")):
+        loaded = create_model(source)
+        same_outputs(model, loaded)
+        assert loaded.zoo_config["label_names"] == list("abcdefghij")
+        assert loaded.zoo_config["model_args"] == {"dim": 16}
+
+
+def test_download_cache_hit_and_offline(saved, server, cache, monkeypatch):
+    model, folder = saved
+    name = tag("remote", f"{server}/toy", folder)
+    loaded = create_model(name, pretrained=True)
+    same_outputs(model, loaded)
+    assert sorted(Handler.requests) == ["/toy/config.json", "/toy/model.safetensors"]
+    create_model(name, pretrained=True)
+    assert len(Handler.requests) == 2  # the second load is a cache hit
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    same_outputs(model, create_model(name, pretrained=True))
+    assert len(Handler.requests) == 2
+
+
+def test_offline_without_cache_says_how_to_fix(saved, server, cache, monkeypatch):
+    _, folder = saved
+    name = tag("offline", f"{server}/toy", folder)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConnectionError, match="offline mode is on"):
+        create_model(name, pretrained=True)
+    assert Handler.requests == []
+
+
+def test_checksum_mismatch_caches_nothing(saved, server, cache):
+    _, folder = saved
+    name = tag("tampered", f"{server}/toy", folder, wrong=True)
+    with pytest.raises(ChecksumError, match="expected 0000"):
+        create_model(name, pretrained=True)
+    leftovers = [p.name for p in (cache / name).iterdir() if p.name != "config.json"]
+    assert leftovers == []
+
+
+def test_interrupted_download_leaves_no_partial_file(saved, server, cache):
+    _, folder = saved
+    name = tag("broken", f"{server}/broken/toy", folder)
+    with pytest.raises(IncompleteDownloadError):
+        create_model(name, pretrained=True)
+    assert not any(p.suffix == ".part" or p.name == "model.safetensors" for p in cache.rglob("*"))
+
+
+def test_head_adapts_and_is_logged(saved, caplog):
+    model, folder = saved
+    with caplog.at_level(logging.WARNING, logger="gatedzoo"):
+        five = create_model(str(folder), num_classes=5)
+    assert five.head.out_features == 5
+    assert "num_classes 10 -> 5" in caplog.text and "head.weight" in caplog.text
+    torch.testing.assert_close(five.embed.weight, model.embed.weight)
+    assert five.zoo_config["adapted_from"]["changed"] == {"num_classes": [10, 5]}
+
+
+def test_non_head_mismatch_and_strictness(saved, tmp_path):
+    _, folder = saved
+    with pytest.raises(ValueError, match="Only the head adapts"):
+        create_model(str(folder), dim=32)
+    other = create_model("toy_attention_classifier", dim=16, activation="softmax")
+    other.save_pretrained(tmp_path / "other")
+    state_file = tmp_path / "other" / "model.safetensors"
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(state_file))
+    state.pop("embed.weight")
+    save_file(state, str(state_file))
+    with pytest.raises(ValueError, match="missing"):
+        create_model(str(tmp_path / "other"))
+    assert create_model(str(tmp_path / "other"), strict=False) is not None
+
+
+def test_missing_sources_name_the_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        create_model(f"local-dir:{tmp_path}")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        create_model(str(tmp_path / "nope" / "model.safetensors"))
+    with pytest.raises(KeyError, match="no pretrained weights"):
+        create_model("toy_attention_classifier.nonexistent", pretrained=True)
+
+
+def test_hf_hub_source_goes_through_huggingface_hub_offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    import huggingface_hub.errors
+
+    with pytest.raises(huggingface_hub.errors.LocalEntryNotFoundError):  # raised by huggingface_hub itself
+        create_model("hf-hub:gatedzoo/not-cached")
+
+
+def test_save_pretrained_is_atomic(saved, monkeypatch):
+    model, folder = saved
+    before = sha256sum(folder / "model.safetensors")
+
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("gatedzoo.zoo.pretrained.save_file", boom)
+    with contextlib.suppress(KeyboardInterrupt):
+        model.save_pretrained(folder)
+    assert sha256sum(folder / "model.safetensors") == before
+    assert not list(folder.glob(".*.part"))
+
+
+def test_public_api_is_pinned():
+    assert sorted(gatedzoo.__all__) == sorted(
+        ["attention", "create_model", "diagnose", "list_models", "model_info", "save_pretrained", "__version__"]
+    )
+    import gatedzoo.kernels as k
+
+    assert sorted(k.__all__) == sorted([
+        "AttentionArgs", "attention", "attention_probs", "attention_reference", "distance_matrix", "select_backend",
+        "triton_unsupported_reason", "validate",
+    ])
