@@ -20,7 +20,7 @@ $(FMNIST):
 setup: $(VENV)/.installed $(FMNIST)
 
 demo: setup
-	$(VENV)/bin/gatedzoo demo
+	$(VENV)/bin/gatedzoo fit -c recipes/gateformer/vic_elec.yaml
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -98,3 +98,12 @@ def test_module_entry_point_runs():
     out = subprocess.run([sys.executable, "-m", "gatedzoo.cli", "list"], capture_output=True, text=True, env=env,
                          check=True)
     assert "architecture" in out.stdout or "no architectures" in out.stdout
+
+
+def test_dotted_model_args_override_is_typed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "toy.yaml").write_text(TOY_RECIPE % (tmp_path / "zoo"))
+    from gatedzoo.cli import run_lightning
+
+    cli = run_lightning(["fit", "-c", "toy.yaml", "--model.init_args.model_args.num_classes", "3"], run=False)
+    assert cli.model.model.head.out_features == 3

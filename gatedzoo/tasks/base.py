@@ -9,6 +9,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+import yaml
 from torch import nn
 
 from gatedzoo.zoo import create_model, zoo_config
@@ -64,7 +65,10 @@ class ZooTask(L.LightningModule):
         if schedule not in ("cosine", "halving", "constant"):
             raise ValueError(f"schedule={schedule!r}; use 'cosine', 'halving' or 'constant'.")
         self.save_hyperparameters()
-        self.model: nn.Module = create_model(arch, pretrained=pretrained, **(model_args or {}))
+        # a dotted CLI override (--model.init_args.model_args.num_classes 3) arrives as the string "3": read
+        # string values as YAML scalars, as the recipe file itself would
+        args = {k: yaml.safe_load(v) if isinstance(v, str) else v for k, v in (model_args or {}).items()}
+        self.model: nn.Module = create_model(arch, pretrained=pretrained, **args)
         for name, p in self.model.named_parameters():
             if freeze and name.startswith(tuple(freeze)):
                 p.requires_grad_(False)

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from gatedzoo.io import ChecksumError, atomic_path, download, sha256sum, write_json
+from gatedzoo.io import ChecksumError, atomic_path, download, offline, sha256sum, write_json
 
 from .registry import PretrainedTag, get_arch, get_pretrained
 
@@ -94,8 +94,10 @@ def _fetch_hf(repo: str) -> Path:
     from huggingface_hub import hf_hub_download
 
     repo, _, revision = repo.partition("@")
-    path = hf_hub_download(repo, CONFIG_NAME, revision=revision or None)
-    hf_hub_download(repo, WEIGHTS_NAME, revision=revision or None)
+    # huggingface_hub reads HF_HUB_OFFLINE once at import; ask again so a later change is honoured
+    kw = dict(revision=revision or None, local_files_only=offline())
+    path = hf_hub_download(repo, CONFIG_NAME, **kw)
+    hf_hub_download(repo, WEIGHTS_NAME, **kw)
     return Path(path).parent
 
 

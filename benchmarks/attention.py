@@ -1,0 +1,358 @@
+"""Attention benchmark: gatedzoo's Triton kernels against TritonSigmoid, SDPA (flash, cuDNN) and naive PyTorch.
+
+One process, one GPU, bf16. Shapes follow TritonSigmoid's benchmark: 16,384 tokens per batch and hidden 2048
+(B = 16384 / N, H = 2048 / D). Times are the median of ``triton.testing.do_bench``. FLOPs: forward 4·B·H·N²·D
+(Σ Lᵢ² with padding, halved for causal), backward 2.5 × forward. The small-window regime reports achieved
+bandwidth (q, k, v read + out written) against the measured device copy bandwidth.
+
+Usage::
+
+    python benchmarks/attention.py                 # full run, writes docs/benchmarks/attention.{json,md,png}
+    python benchmarks/attention.py --quick         # a few shapes, prints only
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import triton
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+ROOT = Path(__file__).resolve().parents[1]
+try:
+    from gatedzoo.kernels import attention
+    from gatedzoo.kernels import triton_kernels as tk
+except ImportError:  # a bare checkout: resolve gatedzoo.kernels to ./kernels without installing
+    import importlib.util
+    import types
+
+    pkg = types.ModuleType("gatedzoo")
+    pkg.__path__ = [str(ROOT / "gatedzoo")]
+    sys.modules["gatedzoo"] = pkg
+    spec = importlib.util.spec_from_file_location("gatedzoo.kernels", ROOT / "kernels" / "__init__.py",
+                                                  submodule_search_locations=[str(ROOT / "kernels")])
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["gatedzoo.kernels"] = mod
+    spec.loader.exec_module(mod)
+    from gatedzoo.kernels import attention
+    from gatedzoo.kernels import triton_kernels as tk
+
+try:
+    import triton_sigmoid
+except ImportError:
+    triton_sigmoid = None
+
+DT = torch.bfloat16
+TOKENS, HIDDEN = 16384, 2048
+OUT = ROOT / "docs" / "benchmarks"
+# TritonSigmoid autotunes 48 configs per sequence-length bucket (~40 s of compilation each): run it at the target
+# shapes only, so that one benchmark run fits the device budget.
+TS_SHAPES = {(1024, 128), (4096, 128), (16384, 128), (1024, 64), (16384, 64)}
+
+
+def bench(fn, grad_to_none=None) -> float:
+    """Median milliseconds of ``fn``."""
+    return triton.testing.do_bench(fn, warmup=25, rep=100, grad_to_none=grad_to_none, return_mode="median")
+
+
+def ceilings() -> dict:
+    x = torch.empty(2**29, dtype=torch.uint8, device="cuda")  # 512 MiB
+    y = torch.empty_like(x)
+    ms = bench(lambda: y.copy_(x))
+    a = torch.randn(8192, 8192, dtype=DT, device="cuda")
+    b = torch.randn(8192, 8192, dtype=DT, device="cuda")
+    mm = bench(lambda: a @ b)
+    return {"copy_GBps": 2 * x.numel() / ms / 1e6, "matmul_TFLOPS": 2 * 8192**3 / mm / 1e9}
+
+
+def rand(*shape, grad=True):
+    return torch.randn(*shape, dtype=DT, device="cuda").requires_grad_(grad)
+
+
+def fwd_bwd_ms(fn, inputs) -> tuple[float, float]:
+    """(forward ms, backward ms) of ``fn(*inputs)``; the backward reuses one forward graph."""
+    fwd = bench(lambda: fn(*inputs))
+    out = fn(*inputs)
+    dout = torch.randn_like(out)
+    bwd = bench(lambda: out.backward(dout, retain_graph=True), grad_to_none=list(inputs))
+    return fwd, bwd
+
+
+def providers(N: int, D: int, causal: bool, peers: bool = True):
+    """name -> (fn, inputs) for the dense long-sequence rows; BTHD inputs except SDPA (BHND).
+
+    ``peers=False`` (the causal rows) keeps gatedzoo and cuDNN only: TritonSigmoid would autotune a separate causal
+    kernel (minutes of compilation) and does not skip masked tiles (``specs/kernels.md`` section 1)."""
+    B, H = TOKENS // N, HIDDEN // D
+    q, k, v = rand(B, N, H, D), rand(B, N, H, D), rand(B, N, H, D)
+    bias = -math.log(N)
+    out = {"gatedzoo": (lambda q, k, v: attention(q, k, v, sigmoid_bias=bias, causal=causal), (q, k, v))}
+    if triton_sigmoid is not None and peers and (N, D) in TS_SHAPES:
+        out["triton-sigmoid"] = (
+            lambda q, k, v: triton_sigmoid.sigmoid_attention(q, k, v, is_causal=causal, sigmoid_bias=bias), (q, k, v))
+    qt, kt, vt = (rand(B, H, N, D) for _ in range(3))
+    backends = [("sdpa-flash", SDPBackend.FLASH_ATTENTION)] if peers else []
+    for name, backend in backends + [("sdpa-cudnn", SDPBackend.CUDNN_ATTENTION)]:
+        def sdpa(q, k, v, backend=backend):
+            with sdpa_kernel(backend):
+                return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        out[name] = (sdpa, (qt, kt, vt))
+    if N <= 4096 and peers:
+        def naive(q, k, v):
+            s = torch.einsum("bhnd,bhmd->bhnm", q, k) * D**-0.5 + bias
+            if causal:
+                s = s.masked_fill(torch.ones(N, N, dtype=torch.bool, device="cuda").triu(1), float("-inf"))
+            return torch.sigmoid(s) @ v
+        out["naive-torch"] = (naive, (qt, kt, vt))
+    return out
+
+
+def long_rows(Ns, Ds, causal_list) -> list[dict]:
+    rows = []
+    for D in Ds:
+        for N in Ns:
+            for causal in causal_list:
+                flops = 4 * (TOKENS // N) * (HIDDEN // D) * N * N * D / (2 if causal else 1)
+                for name, (fn, inputs) in providers(N, D, causal, peers=not causal).items():
+                    try:
+                        f, b = fwd_bwd_ms(fn, inputs)
+                    except Exception as err:  # a peer that cannot run a shape is reported, not fatal
+                        print(f"  {name} D={D} N={N} causal={causal}: {type(err).__name__}: {str(err)[:120]}")
+                        continue
+                    rows.append(dict(group="long", provider=name, D=D, N=N, causal=causal, padding=0.0, fwd_ms=f,
+                                     bwd_ms=b, fwd_tflops=flops / f / 1e9, bwd_tflops=2.5 * flops / b / 1e9))
+                    print(f"{name:15s} D={D:3d} N={N:5d} causal={causal!s:5s} fwd {rows[-1]['fwd_tflops']:6.1f} "
+                          f"bwd {rows[-1]['bwd_tflops']:6.1f} TFLOPS", flush=True)
+                torch.cuda.empty_cache()
+    return rows
+
+
+def padding_rows(Ns, Ds, pads) -> list[dict]:
+    rows = []
+    gen = torch.Generator().manual_seed(0)
+    for D in Ds:
+        for N in Ns:
+            B, H = TOKENS // N, HIDDEN // D
+            for pad in pads:
+                lo = int(N * (1 - pad))
+                lens = torch.randint(lo, N + 1, (B,), generator=gen) if pad > 0 else torch.full((B,), N)
+                flops = 4 * H * D * float((lens.double() ** 2).sum())
+                seq_lens = lens.to(torch.int32).cuda()
+                cu = F.pad(lens.cumsum(0), (1, 0)).to(torch.int32).cuda()
+                q, k, v = rand(B, N, H, D), rand(B, N, H, D), rand(B, N, H, D)
+                total = int(lens.sum())
+                qp, kp, vp = rand(total, H, D), rand(total, H, D), rand(total, H, D)
+                bias = -math.log(N)
+                cases = {
+                    "gatedzoo-seq_lens": (functools.partial(attention, sigmoid_bias=bias, seq_lens=seq_lens),
+                                          (q, k, v)),
+                    "gatedzoo-cu_seqlens": (functools.partial(attention, sigmoid_bias=bias, cu_seqlens=cu),
+                                            (qp, kp, vp)),
+                }
+                for name, (fn, inputs) in cases.items():
+                    try:
+                        f, b = fwd_bwd_ms(fn, inputs)
+                    except Exception as err:
+                        print(f"  {name} D={D} N={N} pad={pad}: {type(err).__name__}: {str(err)[:120]}")
+                        continue
+                    rows.append(dict(group="padding", provider=name, D=D, N=N, causal=False, padding=pad, fwd_ms=f,
+                                     bwd_ms=b, fwd_tflops=flops / f / 1e9, bwd_tflops=2.5 * flops / b / 1e9))
+                    print(f"{name:22s} D={D:3d} N={N:5d} pad={pad:.2f} fwd {rows[-1]['fwd_tflops']:6.1f} "
+                          f"bwd {rows[-1]['bwd_tflops']:6.1f} effective TFLOPS", flush=True)
+                del q, k, v, qp, kp, vp
+                torch.cuda.empty_cache()
+    return rows
+
+
+def gate_rows(N=4096, D=128) -> list[dict]:
+    B, H = TOKENS // N, HIDDEN // D
+    q, k, v = rand(B, N, H, D), rand(B, N, H, D), rand(B, N, H, D)
+    gh, ge = rand(B, N, H), rand(B, N, H, D)
+    bias = -math.log(N)
+    cases = {
+        "ungated": (lambda q, k, v: attention(q, k, v, sigmoid_bias=bias), (q, k, v)),
+        "fused-headwise": (lambda q, k, v, g: attention(q, k, v, sigmoid_bias=bias, gate=g), (q, k, v, gh)),
+        "fused-elementwise": (lambda q, k, v, g: attention(q, k, v, sigmoid_bias=bias, gate=g), (q, k, v, ge)),
+        "separate-headwise": (lambda q, k, v, g: attention(q, k, v, sigmoid_bias=bias) * torch.sigmoid(g)[..., None],
+                              (q, k, v, gh)),
+        "separate-elementwise": (lambda q, k, v, g: attention(q, k, v, sigmoid_bias=bias) * torch.sigmoid(g),
+                                 (q, k, v, ge)),
+    }
+    rows = []
+    flops = 4 * B * H * N * N * D
+    for name, (fn, inputs) in cases.items():
+        f, b = fwd_bwd_ms(fn, inputs)
+        rows.append(dict(group="gate", provider=name, D=D, N=N, causal=False, padding=0.0, fwd_ms=f, bwd_ms=b,
+                         fwd_tflops=flops / f / 1e9, bwd_tflops=2.5 * flops / b / 1e9))
+        print(f"gate {name:22s} fwd {f:.3f} ms  bwd {b:.3f} ms", flush=True)
+    return rows
+
+
+def _sdpa(backend, q, k, v, mask):
+    with sdpa_kernel(backend):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def _naive_windows(q, k, v, bias):
+    return torch.sigmoid(torch.einsum("bhnd,bhmd->bhnm", q, k) * q.shape[-1] ** -0.5 + bias) @ v
+
+
+def window_rows(copy_gbps: float, windows=262144, H=4, D=32, Ns=(7, 14, 16, 49)) -> list[dict]:
+    """Many tiny windows (Gated-SwinRMT), forward only, with a per-head additive decay over 2-D positions."""
+    rows = []
+    for N in Ns:
+        side = int(math.ceil(math.sqrt(N)))
+        idx = torch.arange(N)
+        pos = torch.stack([idx // side, idx % side], 1).cuda()
+        decay = -torch.rand(H, device="cuda") * 0.5
+        dist = (pos[:, None] - pos[None]).abs().sum(-1).float()
+        bias_mask = (decay[:, None, None] * dist).to(DT)  # [H, N, N], the same decay as an additive mask
+        q, k, v = (rand(windows, N, H, D, grad=False) for _ in range(3))
+        qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
+        nbytes = 4 * q.numel() * q.element_size()
+
+        cases = {
+            "gatedzoo": functools.partial(attention, q, k, v, decay=decay, positions=pos),
+            "sdpa-efficient+bias": functools.partial(_sdpa, SDPBackend.EFFICIENT_ATTENTION, qt, kt, vt, bias_mask),
+            "sdpa-cudnn-nobias": functools.partial(_sdpa, SDPBackend.CUDNN_ATTENTION, qt, kt, vt, None),
+            "naive-torch+bias": functools.partial(_naive_windows, qt, kt, vt, bias_mask - math.log(N)),
+        }
+        for name, fn in cases.items():
+            try:
+                ms = bench(fn)
+            except Exception as err:
+                print(f"  window {name} N={N}: {type(err).__name__}: {str(err)[:120]}")
+                continue
+            gbps = nbytes / ms / 1e6
+            rows.append(dict(group="window", provider=name, D=D, N=N, windows=windows, heads=H, fwd_ms=ms,
+                             GBps=gbps, copy_share=gbps / copy_gbps))
+            print(f"window N={N:2d} {name:20s} {ms:.3f} ms {gbps:7.0f} GB/s = {100 * gbps / copy_gbps:5.1f} % of copy",
+                  flush=True)
+        del q, k, v
+        torch.cuda.empty_cache()
+    return rows
+
+
+def write_outputs(result: dict) -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "attention.json").write_text(json.dumps(result, indent=1))
+    rows = result["rows"]
+    meta = result["meta"]
+    lines = [
+        "# Attention benchmark", "",
+        f"Device: {meta['device']}; torch {meta['torch']}, triton {meta['triton']}, triton-sigmoid "
+        f"{meta['triton_sigmoid']}; {meta['date']}. Command: `{meta['command']}`.",
+        f"Measured ceilings: copy {meta['copy_GBps']:.0f} GB/s (read + write), bf16 matmul "
+        f"{meta['matmul_TFLOPS']:.0f} TFLOPS. bf16, median of `triton.testing.do_bench`; forward FLOPs 4·B·H·N²·D "
+        "(Σ Lᵢ² with padding, halved for causal), backward 2.5 × forward. Written by `benchmarks/attention.py`.", "",
+        "## Long sequences (16,384 tokens, hidden 2048), TFLOPS fwd / bwd", "",
+    ]
+    long = [r for r in rows if r["group"] == "long"]
+    names = list(dict.fromkeys(r["provider"] for r in long))
+    lines += ["| D | N | causal | " + " | ".join(names) + " |", "|---|---|---|" + "---|" * len(names)]
+    keys = sorted({(r["D"], r["N"], r["causal"]) for r in long})
+    for D, N, c in keys:
+        cells = []
+        for n in names:
+            hit = [r for r in long if (r["D"], r["N"], r["causal"], r["provider"]) == (D, N, c, n)]
+            cells.append(f"{hit[0]['fwd_tflops']:.0f} / {hit[0]['bwd_tflops']:.0f}" if hit else "—")
+        lines.append(f"| {D} | {N} | {c} | " + " | ".join(cells) + " |")
+    pad = [r for r in rows if r["group"] == "padding"]
+    if pad:
+        lines += ["", "## Padding (effective TFLOPS, padding not counted), fwd / bwd", "",
+                  "| provider | D | N | padding | fwd | bwd |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r['provider']} | {r['D']} | {r['N']} | {r['padding']:.0%} | {r['fwd_tflops']:.0f} | "
+                  f"{r['bwd_tflops']:.0f} |" for r in pad]
+    gate = [r for r in rows if r["group"] == "gate"]
+    if gate:
+        base = next(r for r in gate if r["provider"] == "ungated")
+        lines += ["", f"## Output gate (D={base['D']}, N={base['N']}), ms and overhead over ungated", "",
+                  "| variant | fwd ms | fwd overhead | bwd ms | bwd overhead |", "|---|---|---|---|---|"]
+        lines += [f"| {r['provider']} | {r['fwd_ms']:.3f} | {r['fwd_ms'] / base['fwd_ms'] - 1:+.1%} | "
+                  f"{r['bwd_ms']:.3f} | {r['bwd_ms'] / base['bwd_ms'] - 1:+.1%} |" for r in gate]
+    win = [r for r in rows if r["group"] == "window"]
+    if win:
+        lines += ["", "## Small windows (forward, 262,144 windows x 4 heads, D = 32, 2-D decay bias)", "",
+                  "| N | provider | ms | GB/s | share of copy bandwidth |", "|---|---|---|---|---|"]
+        lines += [f"| {r['N']} | {r['provider']} | {r['fwd_ms']:.3f} | {r['GBps']:.0f} | {r['copy_share']:.1%} |"
+                  for r in win]
+    (OUT / "attention.md").write_text("\n".join(lines) + "\n")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8), sharex=True)
+    for (i, D), (j, pass_name) in [((i, D), (j, p)) for i, D in enumerate((64, 128)) for j, p in
+                                   enumerate(("fwd", "bwd"))]:
+        ax = axes[i][j]
+        for n in names:
+            pts = sorted((r["N"], r[f"{pass_name}_tflops"]) for r in long
+                         if r["provider"] == n and r["D"] == D and not r["causal"])
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=n)
+        ax.set_xscale("log", base=2)
+        ax.set_title(f"{pass_name}, D={D}, non-causal")
+        ax.set_ylabel("TFLOPS")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"bf16 attention on {meta['device']} ({meta['date']})")
+    fig.tight_layout()
+    fig.savefig(OUT / "attention.png", dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a few shapes, no files written")
+    parser.add_argument("--recheck", action="store_true", help="short-sequence and window rows only, no files")
+    parser.add_argument("--dq-mode", default=tk.BWD_DQ_MODE, choices=["atomic", "separate"])
+    args = parser.parse_args()
+    tk.BWD_DQ_MODE = args.dq_mode
+    ceil = ceilings()
+    print(f"copy {ceil['copy_GBps']:.0f} GB/s, matmul {ceil['matmul_TFLOPS']:.0f} TFLOPS", flush=True)
+    rows = []
+    meta = dict(
+        device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
+        triton_sigmoid=getattr(triton_sigmoid, "__version__", "0.1.2" if triton_sigmoid else "not installed"),
+        date=datetime.date.today().isoformat(), command="python " + " ".join(sys.argv), dq_mode=args.dq_mode,
+        sigmoid="tanh.approx for bf16" if tk.FAST_SIGMOID else "exp2 + IEEE division",
+        configs={f"{p}/{s}": [str(c) for c in cs] for (p, s), cs in tk.CONFIGS.items()}, **ceil,
+    )
+    if args.recheck:
+        TS_SHAPES.clear()
+        long_rows([512, 1024], [128], [False])
+        padding_rows([1024], [128], [0.0, 0.25])
+        window_rows(ceil["copy_GBps"], Ns=(7, 49))
+        return
+    if args.quick:
+        rows += long_rows([1024, 16384], [64, 128], [False])
+        rows += long_rows([4096], [128], [False, True])
+        rows += padding_rows([4096], [128], [0.25])
+        rows += gate_rows()
+        rows += window_rows(ceil["copy_GBps"], Ns=(7, 16))
+        return
+    # each group's rows are written as soon as it ends, so a run cut short still leaves its numbers
+    groups = [
+        lambda: long_rows([512, 1024, 2048, 4096, 8192, 16384], [64, 128], [False]),
+        lambda: long_rows([1024, 4096, 16384], [64, 128], [True]),
+        lambda: gate_rows(),
+        lambda: window_rows(ceil["copy_GBps"]),
+        lambda: padding_rows([1024, 16384], [128], [0.0, 0.25, 0.5]),
+    ]
+    for group in groups:
+        rows += group()
+        write_outputs({"meta": meta, "rows": rows})
+
+
+
+if __name__ == "__main__":
+    main()

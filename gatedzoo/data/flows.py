@@ -1,0 +1,635 @@
+"""Flow tables for intrusion detection: a canonical feature vocabulary, readers, preprocessing and windows.
+
+Every source (CICFlowMeter CSVs, Argus records, NSL-KDD connection records) is mapped onto the **46 canonical
+features** named after CICFlowMeter (TCH-Net's BRIDGE vocabulary, ``CANONICAL_FEATURES``). A source that lacks a
+canonical feature gets zeros there and the per-dataset :class:`CoverageReport` says so. Features a source has
+beyond the vocabulary (NSL-KDD's host/content features) are kept as *extras* under a ``<source>:`` prefix, because
+dropping them would throw away most of what NSL-KDD measures.
+
+:class:`FlowPreprocessor` is fitted on training rows only: categorical vocabularies with an explicit unknown
+bucket (index 0), ``log1p`` for non-negative heavy-tailed columns, a robust scaler (median, 5-95 % range) and a
+clip at +-10. Its state is a JSON-able dict that travels in the model's ``zoo_config``.
+
+Windows: a flow's window is the ``window`` flows of the same source that end with it, in true time order when a
+timestamp column exists (left-padded by repeating the first flow), so every flow gets a prediction. NSL-KDD has
+neither timestamps nor source addresses and its files are random samples, so consecutive rows are unrelated; its
+recipes use ``window=1`` (the time context it has lives in its own 2-second / 100-connection traffic features).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .paths import DatasetFile, data_dir, fetch
+
+log = logging.getLogger("gatedzoo")
+
+CANONICAL_FEATURES: tuple[str, ...] = (
+    # 0-16: durations, counts and rates (durations in microseconds, sizes in bytes, rates per second)
+    "flow_duration", "pkt_count_fwd", "pkt_count_bwd", "byte_count_fwd", "byte_count_bwd", "pkt_rate", "byte_rate",
+    "fwd_pkt_rate", "bwd_pkt_rate", "fwd_byte_rate", "bwd_byte_rate", "pkt_count_total", "byte_count_total",
+    "fwd_pkt_len_total", "bwd_pkt_len_total", "subflow_fwd_pkts", "subflow_bwd_pkts",
+    # 17-37: packet sizes and inter-arrival times
+    "pkt_len_min", "pkt_len_max", "pkt_len_mean", "pkt_len_std", "pkt_len_var", "fwd_pkt_len_min", "fwd_pkt_len_max",
+    "fwd_pkt_len_mean", "fwd_pkt_len_std", "bwd_pkt_len_min", "bwd_pkt_len_max", "bwd_pkt_len_mean", "bwd_pkt_len_std",
+    "iat_mean", "iat_std", "iat_max", "iat_min", "fwd_iat_mean", "fwd_iat_std", "bwd_iat_mean", "bwd_iat_std",
+    # 38-45: TCP flags and headers
+    "syn_flag_count", "ack_flag_count", "fin_flag_count", "rst_flag_count", "psh_flag_count", "urg_flag_count",
+    "fwd_header_len", "init_win_fwd",
+)
+
+#: CICFlowMeter column -> canonical feature. Keys are matched after stripping spaces and lower-casing, so both the
+#: CIC-IDS-2017 spellings ("Total Fwd Packets") and CICFlowMeter-V4 ones ("Tot Fwd Pkts") are listed.
+CICFLOWMETER_MAP: dict[str, str] = {
+    "Flow Duration": "flow_duration",
+    "Total Fwd Packets": "pkt_count_fwd", "Tot Fwd Pkts": "pkt_count_fwd",
+    "Total Backward Packets": "pkt_count_bwd", "Tot Bwd Pkts": "pkt_count_bwd",
+    "Total Length of Fwd Packets": "byte_count_fwd", "TotLen Fwd Pkts": "byte_count_fwd",
+    "Total Length of Bwd Packets": "byte_count_bwd", "TotLen Bwd Pkts": "byte_count_bwd",
+    "Flow Packets/s": "pkt_rate", "Flow Pkts/s": "pkt_rate",
+    "Flow Bytes/s": "byte_rate", "Flow Byts/s": "byte_rate",
+    "Fwd Packets/s": "fwd_pkt_rate", "Fwd Pkts/s": "fwd_pkt_rate",
+    "Bwd Packets/s": "bwd_pkt_rate", "Bwd Pkts/s": "bwd_pkt_rate",
+    "Subflow Fwd Bytes": "fwd_pkt_len_total", "Subflow Fwd Byts": "fwd_pkt_len_total",
+    "Subflow Bwd Bytes": "bwd_pkt_len_total", "Subflow Bwd Byts": "bwd_pkt_len_total",
+    "Subflow Fwd Packets": "subflow_fwd_pkts", "Subflow Fwd Pkts": "subflow_fwd_pkts",
+    "Subflow Bwd Packets": "subflow_bwd_pkts", "Subflow Bwd Pkts": "subflow_bwd_pkts",
+    "Min Packet Length": "pkt_len_min", "Pkt Len Min": "pkt_len_min",
+    "Max Packet Length": "pkt_len_max", "Pkt Len Max": "pkt_len_max",
+    "Packet Length Mean": "pkt_len_mean", "Pkt Len Mean": "pkt_len_mean",
+    "Packet Length Std": "pkt_len_std", "Pkt Len Std": "pkt_len_std",
+    "Packet Length Variance": "pkt_len_var", "Pkt Len Var": "pkt_len_var",
+    "Fwd Packet Length Min": "fwd_pkt_len_min", "Fwd Pkt Len Min": "fwd_pkt_len_min",
+    "Fwd Packet Length Max": "fwd_pkt_len_max", "Fwd Pkt Len Max": "fwd_pkt_len_max",
+    "Fwd Packet Length Mean": "fwd_pkt_len_mean", "Fwd Pkt Len Mean": "fwd_pkt_len_mean",
+    "Fwd Packet Length Std": "fwd_pkt_len_std", "Fwd Pkt Len Std": "fwd_pkt_len_std",
+    "Bwd Packet Length Min": "bwd_pkt_len_min", "Bwd Pkt Len Min": "bwd_pkt_len_min",
+    "Bwd Packet Length Max": "bwd_pkt_len_max", "Bwd Pkt Len Max": "bwd_pkt_len_max",
+    "Bwd Packet Length Mean": "bwd_pkt_len_mean", "Bwd Pkt Len Mean": "bwd_pkt_len_mean",
+    "Bwd Packet Length Std": "bwd_pkt_len_std", "Bwd Pkt Len Std": "bwd_pkt_len_std",
+    "Flow IAT Mean": "iat_mean", "Flow IAT Std": "iat_std", "Flow IAT Max": "iat_max", "Flow IAT Min": "iat_min",
+    "Fwd IAT Mean": "fwd_iat_mean", "Fwd IAT Std": "fwd_iat_std",
+    "Bwd IAT Mean": "bwd_iat_mean", "Bwd IAT Std": "bwd_iat_std",
+    "SYN Flag Count": "syn_flag_count", "SYN Flag Cnt": "syn_flag_count",
+    "ACK Flag Count": "ack_flag_count", "ACK Flag Cnt": "ack_flag_count",
+    "FIN Flag Count": "fin_flag_count", "FIN Flag Cnt": "fin_flag_count",
+    "RST Flag Count": "rst_flag_count", "RST Flag Cnt": "rst_flag_count",
+    "PSH Flag Count": "psh_flag_count", "PSH Flag Cnt": "psh_flag_count",
+    "URG Flag Count": "urg_flag_count", "URG Flag Cnt": "urg_flag_count",
+    "Fwd Header Length": "fwd_header_len", "Fwd Header Len": "fwd_header_len",
+    "Init_Win_bytes_forward": "init_win_fwd", "Init Fwd Win Byts": "init_win_fwd",
+}
+
+#: Argus (Bot-IoT) field -> canonical feature. Argus ``mean``/``stddev``/``min``/``max`` describe record durations,
+#: not packet sizes, so they are deliberately not mapped.
+ARGUS_MAP: dict[str, str] = {
+    "dur": "flow_duration", "spkts": "pkt_count_fwd", "dpkts": "pkt_count_bwd", "sbytes": "byte_count_fwd",
+    "dbytes": "byte_count_bwd", "rate": "pkt_rate", "srate": "fwd_pkt_rate", "drate": "bwd_pkt_rate",
+    "pkts": "pkt_count_total", "bytes": "byte_count_total",
+}
+
+#: NSL-KDD column -> canonical feature (the other NSL-KDD numeric columns become ``nsl_kdd:`` extras).
+NSLKDD_MAP: dict[str, str] = {
+    "duration": "flow_duration", "src_bytes": "byte_count_fwd", "dst_bytes": "byte_count_bwd",
+    "urgent": "urg_flag_count",
+}
+
+#: unit conversions applied after renaming: seconds -> microseconds (CICFlowMeter's unit)
+UNIT_SCALE: dict[str, dict[str, float]] = {"argus": {"flow_duration": 1e6}, "nslkdd": {"flow_duration": 1e6}}
+
+#: canonical features derived from others when a source lacks them: name -> (a, b, op)
+DERIVED: dict[str, tuple[str, str, str]] = {
+    "pkt_count_total": ("pkt_count_fwd", "pkt_count_bwd", "sum"),
+    "byte_count_total": ("byte_count_fwd", "byte_count_bwd", "sum"),
+    "fwd_byte_rate": ("byte_count_fwd", "flow_duration", "per_second"),
+    "bwd_byte_rate": ("byte_count_bwd", "flow_duration", "per_second"),
+}
+
+NSLKDD_COLUMNS: tuple[str, ...] = (
+    "duration", "protocol_type", "service", "flag", "src_bytes", "dst_bytes", "land", "wrong_fragment", "urgent",
+    "hot", "num_failed_logins", "logged_in", "num_compromised", "root_shell", "su_attempted", "num_root",
+    "num_file_creations", "num_shells", "num_access_files", "num_outbound_cmds", "is_host_login", "is_guest_login",
+    "count", "srv_count", "serror_rate", "srv_serror_rate", "rerror_rate", "srv_rerror_rate", "same_srv_rate",
+    "diff_srv_rate", "srv_diff_host_rate", "dst_host_count", "dst_host_srv_count", "dst_host_same_srv_rate",
+    "dst_host_diff_srv_rate", "dst_host_same_src_port_rate", "dst_host_srv_diff_host_rate", "dst_host_serror_rate",
+    "dst_host_srv_serror_rate", "dst_host_rerror_rate", "dst_host_srv_rerror_rate", "label", "difficulty",
+)
+NSLKDD_CATEGORICAL = ("protocol_type", "service", "flag")
+
+CATEGORIES_5 = ("normal", "DoS", "Probe", "R2L", "U2R")
+#: NSL-KDD attack name -> category (Tavallaee et al. 2009 / the KDD'99 task description; ``worm`` follows the common
+#: DoS assignment). Training and test files together use 39 attack names, all listed.
+ATTACK_CATEGORY: dict[str, str] = {
+    **dict.fromkeys(("back", "land", "neptune", "pod", "smurf", "teardrop", "apache2", "udpstorm", "processtable",
+                     "mailbomb", "worm"), "DoS"),
+    **dict.fromkeys(("satan", "ipsweep", "nmap", "portsweep", "mscan", "saint"), "Probe"),
+    **dict.fromkeys(("guess_passwd", "ftp_write", "imap", "phf", "multihop", "warezmaster", "warezclient", "spy",
+                     "xlock", "xsnoop", "snmpguess", "snmpgetattack", "httptunnel", "sendmail", "named"), "R2L"),
+    **dict.fromkeys(("buffer_overflow", "loadmodule", "rootkit", "perl", "sqlattack", "xterm", "ps"), "U2R"),
+}
+
+_GITHUB = "https://raw.githubusercontent.com/jmnwong/NSL-KDD-Dataset/master/"
+_SOURCE = "NSL-KDD, Canadian Institute for Cybersecurity (UNB), https://www.unb.ca/cic/datasets/nsl.html"
+NSLKDD_FILES: dict[str, DatasetFile] = {
+    "train20": DatasetFile("nsl_kdd/KDDTrain+_20Percent.txt",
+                           "7ea86479faab5ca2190b7f18b4982fb058ce5bf2b46e0e1017d0d9ef90f9c16e",
+                           _GITHUB + "KDDTrain%2B_20Percent.txt", "research use with citation", _SOURCE),
+    "test": DatasetFile("nsl_kdd/KDDTest+.txt", "fa46b0935342616aa83b7c2578db355b6a7aaabbc492248172c7a1e8b7ab8f84",
+                        _GITHUB + "KDDTest%2B.txt", "research use with citation", _SOURCE),
+    # used only when present: its checksum is not pinned here, so it is never downloaded
+    "train": DatasetFile("nsl_kdd/KDDTrain+.txt", None, None, "research use with citation", _SOURCE),
+}
+
+FORMATS = ("nslkdd", "cicflowmeter", "argus")
+UNKNOWN = "<unknown>"
+#: columns that are never features: labels, time stamps, addresses, ports and record ids
+LABEL_COLUMNS = ("label", "Label", "attack", "category")
+TIME_COLUMNS = ("Timestamp", "stime", "timestamp")
+SOURCE_COLUMNS = ("Source IP", "Src IP", "saddr", "src_ip")
+ID_COLUMNS = ("Flow ID", "Destination IP", "Dst IP", "daddr", "Source Port", "Src Port", "sport", "dport",
+              "Destination Port", "Dst Port", "ltime", "seq", "pkSeqID", "subcategory")
+#: columns that hold counts, sizes or durations and therefore cannot be negative
+COUNT_LIKE = {*CANONICAL_FEATURES[:5], *CANONICAL_FEATURES[11:17], "src_bytes", "dst_bytes", "duration", "count",
+              "srv_count", "dst_host_count", "dst_host_srv_count", "num_failed_logins", "num_compromised",
+              "num_root", "num_file_creations", "num_shells", "num_access_files", "wrong_fragment", "hot"}
+
+
+def _norm(name: str) -> str:
+    return "".join(str(name).split()).lower()
+
+
+@dataclass
+class CoverageReport:
+    """Which canonical features a table provides.
+
+    Attributes:
+        source (str): the input format.
+        present (list[str]): canonical features read (or derived) from the table.
+        missing (list[str]): canonical features zero-filled.
+        extras (list[str]): source-specific numeric columns kept beside the vocabulary.
+    """
+
+    source: str
+    present: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    extras: list[str] = field(default_factory=list)
+
+    @property
+    def fraction(self) -> float:
+        """Share of the 46 canonical features present."""
+        return len(self.present) / len(CANONICAL_FEATURES)
+
+    def __str__(self) -> str:
+        return (f"{self.source}: {len(self.present)}/{len(CANONICAL_FEATURES)} canonical features "
+                f"({100 * self.fraction:.0f} %), {len(self.extras)} extra columns; zero-filled: "
+                f"{', '.join(self.missing[:8])}{' ...' if len(self.missing) > 8 else ''}")
+
+
+def read_nslkdd(path: str | Path):
+    """Read an NSL-KDD file (43 columns; 42 without the difficulty column) into a DataFrame.
+
+    The official files have no header; a CSV whose first line starts with ``duration`` is read with its header.
+
+    Raises:
+        ValueError: the file does not have 42 or 43 comma-separated columns.
+    """
+    import pandas as pd
+
+    with open(path) as f:
+        header = 0 if f.readline().split(",")[0].strip().lower() == "duration" else None
+    df = pd.read_csv(path, header=header)
+    if df.shape[1] not in (42, 43):
+        raise ValueError(f"{path}: {df.shape[1]} columns; an NSL-KDD file has 43 (41 features, label, difficulty) "
+                         "or 42 (without difficulty), comma-separated, no header.")
+    df.columns = list(NSLKDD_COLUMNS[: df.shape[1]])
+    return df
+
+
+def read_flow_table(path: str | Path, fmt: str = "auto"):
+    """Read a flow table and return ``(DataFrame, format)``; ``fmt="auto"`` guesses from the header."""
+    import pandas as pd
+
+    if fmt not in ("auto", *FORMATS):
+        raise ValueError(f"format={fmt!r}; use 'auto' or one of {FORMATS}.")
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"flow table {path} does not exist.")
+    if fmt == "nslkdd" or (fmt == "auto" and path.suffix == ".txt"):
+        return read_nslkdd(path), "nslkdd"
+    df = pd.read_csv(path, low_memory=False)
+    df.columns = [str(c).strip() for c in df.columns]
+    if fmt == "auto":
+        cols = {_norm(c) for c in df.columns}
+        if "protocol_type" in cols and "src_bytes" in cols:
+            fmt = "nslkdd"
+        elif {"spkts", "dpkts"} <= cols:
+            fmt = "argus"
+        else:
+            fmt = "cicflowmeter"
+    return df, fmt
+
+
+def to_canonical(df, fmt: str):
+    """Rename a raw table's columns onto the vocabulary.
+
+    Returns ``(numeric DataFrame of canonical + extra columns, categorical DataFrame, CoverageReport)``; canonical
+    features the source lacks are zero-filled (after trying :data:`DERIVED`).
+    """
+    import pandas as pd
+
+    mapping = {"nslkdd": NSLKDD_MAP, "cicflowmeter": CICFLOWMETER_MAP, "argus": ARGUS_MAP}[fmt]
+    lookup = {_norm(k): v for k, v in mapping.items()}
+    cats = {"nslkdd": NSLKDD_CATEGORICAL, "argus": ("proto", "state", "flgs"), "cicflowmeter": ("Protocol",)}[fmt]
+    skip = {_norm(c) for c in (*cats, *LABEL_COLUMNS, "difficulty", *TIME_COLUMNS, *SOURCE_COLUMNS, *ID_COLUMNS)}
+    out, extras = {}, {}
+    for col in df.columns:
+        key = _norm(col)
+        if key in lookup and lookup[key] not in out:
+            out[lookup[key]] = pd.to_numeric(df[col], errors="coerce").to_numpy(np.float64)
+        elif key not in skip and key not in lookup and pd.api.types.is_numeric_dtype(df[col]):
+            extras[f"{fmt}:{col}"] = df[col].to_numpy(np.float64)
+    for name, factor in UNIT_SCALE.get(fmt, {}).items():
+        if name in out:
+            out[name] = out[name] * factor
+    for name, (a, b, op) in DERIVED.items():
+        if name not in out and a in out and b in out:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                out[name] = out[a] + out[b] if op == "sum" else np.where(out[b] > 0, out[a] / (out[b] / 1e6), 0.0)
+    present = [f for f in CANONICAL_FEATURES if f in out]
+    report = CoverageReport(fmt, present, [f for f in CANONICAL_FEATURES if f not in out], sorted(extras))
+    n = len(df)
+    num = pd.DataFrame({f: out.get(f, np.zeros(n)) for f in CANONICAL_FEATURES} | extras, index=df.index)
+    cat_cols = [c for c in df.columns if c in cats]
+    return num, df[cat_cols].astype(str), report
+
+
+def labels_of(df, fmt: str, task: str) -> np.ndarray:
+    """Integer labels: binary 0 = normal / benign, 1 = attack; ``"5class"`` indexes :data:`CATEGORIES_5`.
+
+    Raises:
+        ValueError: no label column, or (5-class) an attack name without a category.
+    """
+    col = next((c for c in ("label", "Label", "attack") if c in df.columns), None)
+    if col is None:
+        raise ValueError(f"the {fmt} table has no label column (one of 'label', 'Label', 'attack'); "
+                         "add it, or use predict for unlabelled flows.")
+    raw = df[col].astype(str).str.strip()
+    benign = raw.str.lower().isin(("normal", "benign", "0"))
+    if task == "binary":
+        return (~benign).to_numpy(np.int64)
+    if task != "5class":
+        raise ValueError(f"task={task!r}; use 'binary' or '5class'.")
+    cats = raw.map(lambda s: "normal" if s.lower() in ("normal", "benign", "0") else ATTACK_CATEGORY.get(s))
+    unknown = sorted(set(raw[cats.isna()]))
+    if unknown:
+        raise ValueError(f"attack names without a 5-class category: {unknown[:10]}; add them to "
+                         "gatedzoo.data.flows.ATTACK_CATEGORY (name -> DoS/Probe/R2L/U2R) or use task='binary'.")
+    return cats.map({c: i for i, c in enumerate(CATEGORIES_5)}).to_numpy(np.int64)
+
+
+class FlowPreprocessor:
+    """Fit-on-train preprocessing of flow tables; its :meth:`state` is JSON-able and rebuilds it exactly.
+
+    Args:
+        fmt (str): source format the preprocessor reads (``"nslkdd"``, ``"cicflowmeter"``, ``"argus"``).
+        min_coverage (float): refuse a table that provides less than this share of the fitted features. Default:
+            ``0.9``.
+        clip (float): clip scaled values to ``[-clip, clip]``. Default: ``10.0``.
+        log_threshold (float): a non-negative column whose training maximum exceeds it is ``log1p``-transformed
+            (heavy-tailed bytes / counts / durations). Default: ``100.0``.
+    """
+
+    def __init__(self, fmt: str = "nslkdd", min_coverage: float = 0.9, clip: float = 10.0, log_threshold: float = 100):
+        if fmt not in FORMATS:
+            raise ValueError(f"format={fmt!r}; use one of {FORMATS}.")
+        self.fmt, self.min_coverage, self.clip, self.log_threshold = fmt, min_coverage, clip, log_threshold
+        self.features: list[str] = []
+        self.observed: list[str] = []
+        self.log_cols: list[str] = []
+        self.center: list[float] = []
+        self.scale: list[float] = []
+        self.categorical: dict[str, list[str]] = {}
+
+    @property
+    def fitted(self) -> bool:
+        return bool(self.features)
+
+    def _numeric(self, df):
+        num, cat, report = to_canonical(df, self.fmt)
+        self._check_values(num)
+        return num, cat, report
+
+    @staticmethod
+    def _check_values(num) -> None:
+        values = num.to_numpy(np.float64)
+        bad = ~np.isfinite(values)
+        if bad.any():
+            cols = [c for c, b in zip(num.columns, bad.any(0)) if b]
+            raise ValueError(f"{int(bad.any(1).sum())} flows have NaN or infinite values in {cols[:6]}; drop or "
+                             "impute those rows first (CICFlowMeter writes 'Infinity' for rates of zero-length flows).")
+        neg = [c for c in num.columns if c.split(":")[-1] in COUNT_LIKE and (num[c].to_numpy() < 0).any()]
+        if neg:
+            raise ValueError(f"negative values in count/size columns {neg[:6]}; counts and byte sizes cannot be "
+                             "negative: the file is corrupted or a column is mis-mapped.")
+
+    def fit(self, df) -> CoverageReport:
+        """Fit on a training table (raw columns of ``self.fmt``); returns the coverage report."""
+        num, cat, report = self._numeric(df)
+        log.info("flow coverage %s", report)
+        self.features = list(num.columns)
+        self.observed = report.present + report.extras
+        values = num.to_numpy(np.float64)
+        self.log_cols = [c for c, col in zip(self.features, values.T)
+                         if col.min() >= 0 and col.max() > self.log_threshold]
+        values = self._log(values)
+        lo, med, hi = np.percentile(values, [5, 50, 95], axis=0)
+        span = hi - lo
+        full = values.max(0) - values.min(0)
+        # a column constant between its 5th and 95th percentile still carries rare signal: scale by its full range
+        span = np.where(span > 0, span, np.where(full > 0, full, 1.0))
+        self.center, self.scale = med.tolist(), span.tolist()
+        self.categorical = {c: [UNKNOWN, *sorted(set(cat[c]))] for c in cat.columns}
+        return report
+
+    def _log(self, values: np.ndarray) -> np.ndarray:
+        idx = [self.features.index(c) for c in self.log_cols]
+        values = values.copy()
+        values[:, idx] = np.log1p(np.maximum(values[:, idx], 0))
+        return values
+
+    def transform(self, df) -> tuple[np.ndarray, np.ndarray, CoverageReport]:
+        """Map a raw table to ``(x_num float32 [N, F], x_cat int64 [N, K], report)``.
+
+        Raises:
+            RuntimeError: not fitted.
+            ValueError: coverage below ``min_coverage``, NaN/inf or negative counts.
+        """
+        if not self.fitted:
+            raise RuntimeError("FlowPreprocessor.transform before fit; call fit(train_df) or load a state.")
+        num, cat, report = self._numeric(df)
+        have = set(num.columns)
+        lacking = [f for f in self.observed if f not in have or (f in report.missing)]
+        cover = 1 - len(lacking) / max(len(self.observed), 1)
+        if cover < self.min_coverage:
+            raise ValueError(
+                f"the table provides {100 * cover:.0f} % of the {len(self.observed)} features this model was trained "
+                f"on (min_coverage={self.min_coverage}); missing: {lacking[:10]}. Give a {self.fmt} table with those "
+                "columns (see gatedzoo.data.flows mappings)."
+            )
+        if lacking:
+            log.warning("flow table lacks %d trained features, zero-filled: %s", len(lacking), lacking[:10])
+        for f in self.features:
+            if f not in have:
+                num[f] = 0.0
+        values = self._log(num[self.features].to_numpy(np.float64))
+        x = np.clip((values - np.array(self.center)) / np.array(self.scale), -self.clip, self.clip)
+        codes = []
+        for c, vocab in self.categorical.items():
+            if c not in cat.columns:
+                raise ValueError(f"categorical column {c!r} is missing; the model was trained with it.")
+            index = {v: i for i, v in enumerate(vocab)}
+            col = cat[c].map(lambda v, index=index: index.get(v, 0)).to_numpy(np.int64)
+            if (col == 0).any():
+                unseen = sorted(set(cat[c][col == 0]))
+                log.warning("%d flows have %s values unseen in training %s: mapped to the unknown bucket",
+                            int((col == 0).sum()), c, unseen[:8])
+            codes.append(col)
+        x_cat = np.stack(codes, 1) if codes else np.zeros((len(df), 0), np.int64)
+        return x.astype(np.float32), x_cat, report
+
+    def state(self) -> dict:
+        """JSON-able state (goes into ``zoo_config["preprocessing"]``)."""
+        return {"format": self.fmt, "features": self.features, "observed": self.observed, "log_cols": self.log_cols,
+                "center": self.center, "scale": self.scale, "categorical": self.categorical, "clip": self.clip,
+                "min_coverage": self.min_coverage}
+
+    @classmethod
+    def from_state(cls, state: dict) -> FlowPreprocessor:
+        p = cls(state["format"], state.get("min_coverage", 0.9), state.get("clip", 10.0))
+        for k in ("features", "observed", "log_cols", "center", "scale", "categorical"):
+            setattr(p, k, state[k])
+        return p
+
+
+def window_index(n: int, window: int, groups: np.ndarray | None = None, order: np.ndarray | None = None) -> np.ndarray:
+    """Row indices ``[n, window]`` of each flow's window: the flows of its group that end with it, in ``order``.
+
+    Windows never cross groups (sources); the first flows of a group are left-padded by repeating the group's first
+    flow. Row ``i`` of the result ends with flow ``i``, so every flow gets exactly one prediction.
+    """
+    if window < 1:
+        raise ValueError(f"window={window}; use a positive number of flows.")
+    idx = np.arange(n)
+    if window == 1:
+        return idx[:, None]
+    groups = np.zeros(n, np.int64) if groups is None else np.asarray(groups)
+    key = np.arange(n) if order is None else np.asarray(order)
+    perm = np.lexsort((key, groups))
+    g = groups[perm]
+    start = np.r_[0, np.flatnonzero(g[1:] != g[:-1]) + 1]
+    first = np.repeat(start, np.diff(np.r_[start, n]))
+    pos = np.arange(n)[:, None] + np.arange(-window + 1, 1)[None]
+    pos = np.maximum(pos, first[:, None])
+    out = np.empty((n, window), np.int64)
+    out[perm] = perm[pos]
+    return out
+
+
+class FlowWindows(Dataset):
+    """``(x_num [W, F], x_cat [W, K], y)`` per flow, gathered through :func:`window_index`."""
+
+    def __init__(self, x_num: np.ndarray, x_cat: np.ndarray, y: np.ndarray | None, index: np.ndarray):
+        self.x_num, self.x_cat = torch.from_numpy(x_num), torch.from_numpy(x_cat)
+        self.y = None if y is None else torch.from_numpy(np.array(y, np.int64))
+        self.index = torch.from_numpy(index)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i):
+        rows = self.index[i]
+        item = (self.x_num[rows], self.x_cat[rows])
+        return item if self.y is None else (*item, self.y[i])
+
+
+def table_windows(df, fmt: str, window: int):
+    """Window indices for a raw table: per source address, in timestamp order when those columns exist."""
+    import pandas as pd
+
+    groups = order = None
+    src = next((c for c in SOURCE_COLUMNS if c in df.columns), None)
+    ts = next((c for c in TIME_COLUMNS if c in df.columns), None)
+    if src is not None:
+        groups = pd.factorize(df[src])[0]
+    if ts is not None:
+        t = pd.to_datetime(df[ts], errors="coerce") if df[ts].dtype == object else df[ts]
+        order = pd.Series(t).rank(method="first").to_numpy()
+    if window > 1 and ts is None:
+        log.warning("%s table has no timestamp column: windows follow file order, which is not time order.", fmt)
+    return window_index(len(df), window, groups, order)
+
+
+class FlowDataModule(L.LightningDataModule):
+    """Flow tables -> per-flow windows for TCH-Net (train / validation / test, preprocessing fitted on train only).
+
+    Args:
+        train_path (str, Optional): training table. Default (NSL-KDD): ``KDDTrain+.txt`` when present in the data
+            directory, else ``KDDTrain+_20Percent.txt``.
+        test_path (str, Optional): test table. Default (NSL-KDD): ``KDDTest+.txt``.
+        format (str): ``"nslkdd"``, ``"cicflowmeter"``, ``"argus"`` or ``"auto"``. Default: ``"nslkdd"``.
+        task (str): ``"binary"`` (normal vs attack) or ``"5class"`` (normal, DoS, Probe, R2L, U2R). Default:
+            ``"binary"``.
+        val_fraction (float): stratified share of the training table held out for validation. Default: ``0.2``.
+        window (int): flows per window (1 for NSL-KDD: no time order). Default: ``1``.
+        batch_size (int): Default: ``512``.
+        seed (int): split seed. Default: ``0``.
+        preprocessor_from (str, Optional): a zoo folder (``config.json``) or ``arch.tag`` whose preprocessing to reuse
+            (fine-tuning keeps the category encodings of the pretrained model); the scaler is refitted on the new
+            training rows. Default: `None`.
+        num_workers (int): Default: ``0``.
+        max_train_rows (int, Optional): keep a random subset of this many training-table rows (quick runs and
+            tests) before the split. Default: `None` (all).
+    """
+
+    def __init__(self, train_path: str | None = None, test_path: str | None = None, format: str = "nslkdd",
+                 task: str = "binary", val_fraction: float = 0.2, window: int = 1, batch_size: int = 512,
+                 seed: int = 0, preprocessor_from: str | None = None, num_workers: int = 0,
+                 max_train_rows: int | None = None):
+        super().__init__()
+        if task not in ("binary", "5class"):
+            raise ValueError(f"task={task!r}; use 'binary' or '5class'.")
+        if not 0 < val_fraction < 1:
+            raise ValueError(f"val_fraction={val_fraction}; use a share in (0, 1).")
+        self.train_path, self.test_path, self.format, self.task = train_path, test_path, format, task
+        self.val_fraction, self.window, self.batch_size, self.seed = val_fraction, window, batch_size, seed
+        self.preprocessor_from, self.num_workers, self.max_train_rows = preprocessor_from, num_workers, max_train_rows
+        self.pre: FlowPreprocessor | None = None
+        self.class_counts: list[int] = []
+        self.report: CoverageReport | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return 2 if self.task == "binary" else len(CATEGORIES_5)
+
+    @property
+    def label_names(self) -> list[str]:
+        return ["normal", "attack"] if self.task == "binary" else list(CATEGORIES_5)
+
+    def _train_file(self) -> tuple[Path, str]:
+        if self.train_path:
+            return Path(self.train_path), self.train_path
+        full = NSLKDD_FILES["train"].path()
+        if full.exists():
+            return full, "nsl_kdd/KDDTrain+.txt"
+        return fetch(NSLKDD_FILES["train20"]), "nsl_kdd/KDDTrain+_20Percent.txt"
+
+    def _base_preprocessor(self, fmt: str) -> FlowPreprocessor:
+        if self.preprocessor_from is None:
+            return FlowPreprocessor(fmt)
+        state = load_preprocessing(self.preprocessor_from)
+        pre = FlowPreprocessor.from_state(state)
+        if pre.fmt != fmt:
+            raise ValueError(f"preprocessor_from={self.preprocessor_from!r} reads {pre.fmt} tables but the training "
+                             f"table is {fmt}; convert the table or train from scratch (preprocessor_from: null).")
+        return pre
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.pre is not None:
+            return
+        from sklearn.model_selection import train_test_split
+
+        path, self.train_name = self._train_file()
+        df, fmt = read_flow_table(path, self.format)
+        if self.max_train_rows and len(df) > self.max_train_rows:
+            keep = np.random.default_rng(self.seed).choice(len(df), self.max_train_rows, replace=False)
+            df = df.iloc[np.sort(keep)].reset_index(drop=True)
+        y = labels_of(df, fmt, self.task)
+        counts = np.bincount(y, minlength=self.num_classes)
+        if (counts > 0).sum() < 2:
+            raise ValueError(f"{path} holds only one class ({self.label_names[int(y[0])]}); training needs flows of "
+                             "at least two classes.")
+        # classes with a single row cannot be stratified: they join the largest class's stratum
+        strat = np.where(counts[y] >= 2, y, int(counts.argmax()))
+        tr, va = train_test_split(np.arange(len(df)), test_size=self.val_fraction, random_state=self.seed,
+                                  stratify=strat)
+        tr, va = np.sort(tr), np.sort(va)
+        pre = self._base_preprocessor(fmt)
+        vocab = dict(pre.categorical)
+        self.report = pre.fit(df.iloc[tr])
+        if vocab:
+            # keep the pretrained encodings (index = embedding row); new values go to the unknown bucket
+            pre.categorical = vocab
+        self.pre, self.fmt = pre, fmt
+        self.class_counts = np.bincount(y[tr], minlength=self.num_classes).tolist()
+        self.datasets = {"train": self._windows(df.iloc[tr], y[tr]), "val": self._windows(df.iloc[va], y[va])}
+        test = Path(self.test_path) if self.test_path else (fetch(NSLKDD_FILES["test"]) if fmt == "nslkdd" else None)
+        if test is not None:
+            tdf, _ = read_flow_table(test, fmt)
+            self.datasets["test"] = self._windows(tdf, labels_of(tdf, fmt, self.task))
+
+    def _windows(self, df, y) -> FlowWindows:
+        x, c, _ = self.pre.transform(df)
+        return FlowWindows(x, c, y, table_windows(df, self.fmt, self.window))
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        if split not in self.datasets:
+            raise ValueError(f"no {split} table: pass test_path to the data module.")
+        # training drops a last batch that could hold a single flow (BatchNorm needs two); evaluation keeps every flow
+        return DataLoader(self.datasets[split], batch_size=self.batch_size, shuffle=shuffle,
+                          num_workers=self.num_workers, drop_last=shuffle)
+
+    def train_dataloader(self):
+        return self._loader("train", True)
+
+    def val_dataloader(self):
+        return self._loader("val", False)
+
+    def test_dataloader(self):
+        return self._loader("test", False)
+
+    def predict_dataloader(self):
+        return self._loader("test", False)
+
+    def model_args(self) -> dict:
+        """Architecture arguments the data fixes: input width, category sizes, number of classes."""
+        return {"in_features": len(self.pre.features), "cat_cardinalities": [len(v) for v in
+                                                                              self.pre.categorical.values()],
+                "num_classes": self.num_classes}
+
+    def zoo_metadata(self) -> dict:
+        return {"preprocessing": self.pre.state(), "window": self.window, "label_names": self.label_names,
+                "flow_task": self.task, "training_data": self.train_name, "class_counts": self.class_counts,
+                "coverage": str(self.report)}
+
+
+def load_preprocessing(source: str) -> dict:
+    """The ``preprocessing`` state of a zoo folder (``config.json``) or a shipped ``arch.tag``."""
+    import json
+
+    p = Path(source).expanduser()
+    if not p.exists():
+        from gatedzoo.zoo.registry import get_pretrained
+
+        entry = get_pretrained(source)
+        if entry.path is None:
+            raise FileNotFoundError(f"{source}: not a local zoo folder; download the weights first.")
+        p = entry.path
+    cfg = json.loads((p / "config.json" if p.is_dir() else p).read_text())
+    if "preprocessing" not in cfg:
+        raise ValueError(f"{source} carries no flow preprocessing; it was not trained on flow tables.")
+    return cfg["preprocessing"]
+
+
+__all__ = [
+    "ARGUS_MAP", "ATTACK_CATEGORY", "CANONICAL_FEATURES", "CATEGORIES_5", "CICFLOWMETER_MAP", "NSLKDD_COLUMNS",
+    "NSLKDD_FILES", "NSLKDD_MAP", "CoverageReport", "FlowDataModule", "FlowPreprocessor", "FlowWindows",
+    "data_dir", "labels_of", "load_preprocessing", "read_flow_table", "read_nslkdd", "table_windows", "to_canonical",
+    "window_index",
+]

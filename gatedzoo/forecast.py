@@ -1,0 +1,298 @@
+"""Forecast your own series: fit / predict / cross-validate on a long (Nixtla-style) or wide DataFrame, and plot.
+
+Long layout: one row per (series, time) with columns ``unique_id``, ``ds``, ``y``; wide layout: a ``date`` column
+plus one numeric column per series (the TSLib CSV format; a path to such a CSV works wherever a frame does).
+Gateformer is multivariate: all series are forecast jointly, so they must share the same timestamps. Predictions
+come back in the layout the data came in (long: a column named after the model, ``Gateformer``; wide: one column
+per series), on the data's own scale.
+
+    fc = Forecaster("gateformer", h=48, input_size=96, max_epochs=3).fit(df)
+    future = fc.predict()                               # the h steps after the end of df
+    cv = fc.cross_validation(df, n_windows=3)           # rolling-origin evaluation, no refit
+    fc.plot(df, cv, path="forecast.png")
+    fc.save("my_forecaster"); Forecaster.load("my_forecaster")
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gatedzoo.data.timeseries import DATE, TimeSeriesDataModule, check_frame, load_frame
+
+MODEL_COL = "Gateformer"
+
+
+def to_wide(df, id_col: str = "unique_id", time_col: str = "ds", target_col: str = "y"):
+    """Long ``(unique_id, ds, y)`` -> wide ``date`` + one column per series; refuses ragged timestamps."""
+    import pandas as pd
+
+    missing = [c for c in (id_col, time_col, target_col) if c not in df.columns]
+    if missing:
+        raise ValueError(f"long DataFrame lacks columns {missing} (has {list(df.columns)[:10]}); give {id_col}, "
+                         f"{time_col}, {target_col} or pass id_col= / time_col= / target_col=.")
+    if df.duplicated([id_col, time_col]).any():
+        raise ValueError(f"long DataFrame has repeated ({id_col}, {time_col}) pairs; keep one row per series and time.")
+    wide = df.pivot(index=time_col, columns=id_col, values=target_col).sort_index()
+    counts = df.groupby(id_col)[time_col].nunique()
+    if (counts != len(wide)).any():
+        short = counts[counts != len(wide)].head(3).to_dict()
+        raise ValueError(f"the series do not share the same timestamps (rows per series {short} vs {len(wide)} "
+                         "timestamps in all); Gateformer forecasts them jointly: align them (e.g. resample) first.")
+    wide.columns = [str(c) for c in wide.columns]
+    return wide.reset_index().rename(columns={time_col: DATE}).rename_axis(columns=None).pipe(pd.DataFrame)
+
+
+def to_long(wide, value_col: str = MODEL_COL, id_col: str = "unique_id", time_col: str = "ds"):
+    """Wide ``date`` + series columns -> long ``unique_id, ds, <value_col>``."""
+    out = wide.melt(id_vars=[DATE], var_name=id_col, value_name=value_col).rename(columns={DATE: time_col})
+    return out[[id_col, time_col, value_col]].sort_values([id_col, time_col], kind="stable").reset_index(drop=True)
+
+
+class Forecaster:
+    """A Gateformer (or any zoo forecaster) bound to its scaler, look-back, horizon and series names.
+
+    Args:
+        model (str): ``"gateformer"`` (train from scratch), ``"gateformer.etth1_96"`` or a saved folder (start from
+            those weights). Default: ``"gateformer"``.
+        h (int, Optional): horizon; default: the weights' horizon, or 96.
+        input_size (int, Optional): look-back; default: the weights' look-back, or 96.
+        freq (str, Optional): pandas frequency of the series (``"h"``, ``"30min"``, ``"D"``); inferred when unset.
+        model_args (dict, Optional): architecture arguments (``d_model``, ``e_layers``, ...). Default: `None`.
+        lr (float): learning rate (halved every epoch). Default: ``1e-3``.
+        max_epochs (int): epochs. Default: ``10``.
+        batch_size (int): training batch size. Default: ``32``.
+        val_size (float): trailing fraction of the series used for early stopping. Default: ``0.2``.
+        patience (int): early-stopping patience in epochs. Default: ``3``.
+        limit_train_batches (int | float, Optional): cap on batches per epoch. Default: `None` (all).
+        accelerator (str): Lightning accelerator. Default: ``"auto"``.
+        seed (int): random seed. Default: ``0``.
+        id_col, time_col, target_col (str): column names of the long layout. Default: ``unique_id``, ``ds``, ``y``.
+    """
+
+    def __init__(self, model: str = "gateformer", h: int | None = None, input_size: int | None = None,
+                 freq: str | None = None, model_args: dict | None = None, lr: float = 1e-3, max_epochs: int = 10,
+                 batch_size: int = 32, val_size: float = 0.2, patience: int = 3,
+                 limit_train_batches: int | float | None = None, accelerator: str = "auto", seed: int = 0,
+                 id_col: str = "unique_id", time_col: str = "ds", target_col: str = "y"):
+        from gatedzoo.zoo import create_model
+
+        if not 0.0 < val_size < 1.0:
+            raise ValueError(f"val_size={val_size} must lie strictly between 0 and 1.")
+        self.name, self.model_args = model, dict(model_args or {})
+        self.lr, self.max_epochs, self.batch_size, self.val_size = lr, max_epochs, batch_size, val_size
+        self.patience, self.limit_train_batches, self.accelerator, self.seed = (patience, limit_train_batches,
+                                                                                accelerator, seed)
+        self.cols = (id_col, time_col, target_col)
+        self.pretrained = "." in model or os.sep in model or model.startswith(("local-dir:", "hf-hub:"))
+        self.model = create_model(model, pretrained=True) if self.pretrained else None
+        cfg = getattr(self.model, "zoo_config", {}) if self.model is not None else {}
+        self.h = int(h or cfg.get("horizon") or 96)
+        self.input_size = int(input_size or cfg.get("lookback") or 96)
+        # a frequency given here wins; otherwise the data's (inferred at fit) or, before any fit, the weights'
+        self.user_freq = freq
+        self.freq = freq or cfg.get("freq") or None
+        if self.model is not None and self.input_size != self.model.seq_len:
+            raise ValueError(f"input_size={self.input_size} but the weights {model} look back {self.model.seq_len} "
+                             "steps; drop input_size or train from 'gateformer'.")
+        self._wide = None
+        self._long_input = False
+
+    # data handling
+    def _frame(self, df):
+        """Wide checked frame from a long or wide DataFrame or a CSV path; remembers which layout came in."""
+        if df is None:
+            if self._wide is None:
+                raise ValueError("no data: call fit(df) first or pass df=.")
+            return self._wide
+        if isinstance(df, (str, os.PathLike)):  # a wide CSV in the TSLib format
+            df = load_frame(str(df))
+        id_col, time_col, target_col = self.cols
+        long = id_col in df.columns and target_col in df.columns
+        self._long_input = long
+        wide = to_wide(df, *self.cols) if long else df.rename(columns={time_col: DATE}) if DATE not in df.columns \
+            else df
+        return check_frame(wide, source="DataFrame", target=str(wide.columns[-1]))
+
+    def _out(self, wide):
+        return to_long(wide, MODEL_COL, self.cols[0], self.cols[1]) if self._long_input else wide
+
+    def _scaler(self):
+        cfg = self.model.zoo_config
+        return np.asarray(cfg["scaler"]["mean"]), np.asarray(cfg["scaler"]["std"]), list(cfg["variables"])
+
+    def _check_vars(self, wide):
+        _, _, variables = self._scaler()
+        have = [c for c in wide.columns if c != DATE]
+        if sorted(have) != sorted(variables):
+            raise ValueError(f"the data has {len(have)} series {have[:10]} but the model was fitted on "
+                             f"{len(variables)}: {variables[:10]}; pass the same series or fit() on the new ones.")
+        return variables
+
+    # the three verbs
+    def fit(self, df) -> Forecaster:
+        """Train (or fine-tune the loaded weights) on ``df``; the last ``val_size`` of the rows select the epoch."""
+        import tempfile
+
+        import lightning as L
+        from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+        from gatedzoo.tasks.forecasting import Forecasting
+
+        wide = self._frame(df)
+        n_vars = wide.shape[1] - 1
+        dm = TimeSeriesDataModule.from_frame(wide, seq_len=self.input_size, pred_len=self.h, split="ratio",
+                                             ratios=[1.0 - self.val_size, self.val_size, 0.0],
+                                             batch_size=self.batch_size, freq=self.user_freq)
+        dm.setup("fit")
+        if "val" not in dm.sets:
+            raise ValueError(f"the validation part ({self.val_size:.0%} of {len(wide)} rows) is shorter than "
+                             f"input_size + h = {self.input_size + self.h}; give a longer series or raise val_size.")
+        L.seed_everything(self.seed, verbose=False)
+        args = {**self.model_args, "seq_len": self.input_size, "pred_len": self.h, "n_vars": n_vars}
+        task = Forecasting(self.name, model_args=args, pretrained=self.pretrained, lr=self.lr)
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = ModelCheckpoint(dirpath=tmp, monitor="val/loss", mode="min")
+            trainer = L.Trainer(max_epochs=self.max_epochs, accelerator=self.accelerator, devices=1, logger=False,
+                                callbacks=[EarlyStopping("val/loss", patience=self.patience), ckpt],
+                                limit_train_batches=self.limit_train_batches, default_root_dir=tmp,
+                                enable_model_summary=False)
+            trainer.fit(task, datamodule=dm)
+            if ckpt.best_model_path:
+                task.load_state_dict(torch.load(ckpt.best_model_path, map_location="cpu", weights_only=False)
+                                     ["state_dict"])
+        self.model = task.model.cpu().eval()
+        self.freq = self.user_freq or self.model.zoo_config.get("freq") or None
+        self._wide = wide
+        return self
+
+    @torch.no_grad()
+    def _forecast(self, history: np.ndarray) -> np.ndarray:
+        """``history`` ``[input_size, N]`` on the data scale -> forecast ``[h, N]`` on the data scale."""
+        mean, std, _ = self._scaler()
+        x = torch.as_tensor((history - mean) / std, dtype=torch.float32)[None]
+        y = self.model.eval()(x)[0].double().numpy()
+        return y * std + mean
+
+    def predict(self, df=None):
+        """Forecast the ``h`` steps after the end of ``df`` (default: the data given to :meth:`fit`)."""
+        import pandas as pd
+
+        if self.model is None:
+            raise ValueError("the forecaster has no weights: call fit(df) or load a pretrained model first.")
+        wide = self._frame(df)
+        variables = self._check_vars(wide)
+        if len(wide) < self.input_size:
+            raise ValueError(f"predict needs the last input_size={self.input_size} rows; the data has {len(wide)}.")
+        self._check_h()
+        fc = self._forecast(wide[variables].to_numpy(dtype=np.float64)[-self.input_size:])
+        freq = self.freq or pd.infer_freq(wide[DATE].iloc[-min(len(wide), 100):])
+        if not freq:
+            raise ValueError("cannot infer the series' frequency from 'date'; pass freq= (e.g. 'h', '30min', 'D').")
+        dates = pd.date_range(wide[DATE].iloc[-1], periods=self.h + 1, freq=freq)[1:]
+        order = [c for c in wide.columns if c != DATE]  # the caller's column order
+        return self._out(pd.DataFrame({DATE: dates, **{v: fc[:, variables.index(v)] for v in order}}))
+
+    def _check_h(self):
+        if self.model.pred_len != self.h:
+            raise ValueError(f"h={self.h} but the weights forecast {self.model.pred_len} steps; fit() to adapt the "
+                             "head or use the weights' horizon.")
+
+    def cross_validation(self, df=None, n_windows: int = 3, step_size: int | None = None):
+        """Rolling-origin evaluation without refitting: ``n_windows`` forecasts whose last one ends at the data's end.
+
+        Returns the forecasts with the truth beside them: long ``unique_id, ds, cutoff, y, Gateformer``, or wide
+        with ``cutoff`` and, per series, ``<name>`` (truth) and ``<name>_hat`` (forecast).
+        """
+        import pandas as pd
+
+        if self.model is None:
+            raise ValueError("the forecaster has no weights: call fit(df) or load a pretrained model first.")
+        wide = self._frame(df)
+        variables = self._check_vars(wide)
+        self._check_h()
+        step = step_size or self.h
+        values = wide[variables].to_numpy(dtype=np.float64)
+        first = len(values) - self.h - (n_windows - 1) * step
+        if n_windows < 1 or first < self.input_size:
+            raise ValueError(f"{n_windows} windows of h={self.h} every {step} steps need "
+                             f"{self.input_size + self.h + (n_windows - 1) * step} rows; the data has {len(values)}.")
+        parts = []
+        for k in range(n_windows):
+            cut = first + k * step
+            fc = self._forecast(values[cut - self.input_size:cut])
+            part = pd.DataFrame({DATE: wide[DATE].iloc[cut:cut + self.h].to_numpy(),
+                                 "cutoff": wide[DATE].iloc[cut - 1]})
+            for i, v in enumerate(variables):
+                part[v], part[f"{v}_hat"] = values[cut:cut + self.h, i], fc[:, i]
+            parts.append(part)
+        out = pd.concat(parts, ignore_index=True)
+        if not self._long_input:
+            return out
+        id_col, time_col, target_col = self.cols
+        rows = [pd.DataFrame({id_col: v, time_col: out[DATE], "cutoff": out["cutoff"], target_col: out[v],
+                              MODEL_COL: out[f"{v}_hat"]}) for v in variables]
+        return pd.concat(rows, ignore_index=True)
+
+    # persistence and plots
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the fitted model (weights + config with scaler, series names, look-back, horizon, frequency)."""
+        if self.model is None:
+            raise ValueError("nothing to save: call fit(df) first.")
+        self.model.zoo_config["freq"] = self.freq or self.model.zoo_config.get("freq", "")
+        return self.model.save_pretrained(path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, **kwargs) -> Forecaster:
+        """A forecaster from a folder written by :meth:`save` (or any zoo forecasting weights)."""
+        name = str(path)
+        return cls(name if os.sep in name or name.startswith("local-dir:") else name, **kwargs)
+
+    def plot(self, df, forecasts, unique_ids: list[str] | None = None, path: str | os.PathLike = "forecast.png",
+             history: int | None = None) -> Path:
+        """PNG of truth against forecast for the chosen series (default: up to four).
+
+        ``forecasts`` is the output of :meth:`predict` or :meth:`cross_validation`; ``history`` is how many steps of
+        the truth before the first forecast to show (default: ``input_size``).
+        """
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        wide = self._frame(df)
+        id_col, time_col, target_col = self.cols
+        if id_col in forecasts.columns:  # long -> wide forecasts (and cutoffs)
+            keys = [time_col] + (["cutoff"] if "cutoff" in forecasts.columns else [])
+            fw = forecasts.pivot_table(index=keys, columns=id_col, values=MODEL_COL).reset_index()
+            fw = fw.rename(columns={time_col: DATE, **{c: f"{c}_hat" for c in fw.columns if c not in keys}})
+        else:
+            fw = forecasts.rename(columns={c: f"{c}_hat" for c in forecasts.columns if c in wide.columns
+                                           and c != DATE and "cutoff" not in forecasts.columns})
+        series = [c for c in wide.columns if c != DATE]
+        chosen = list(unique_ids) if unique_ids else series[:4]
+        unknown = [s for s in chosen if s not in series]
+        if unknown:
+            raise ValueError(f"unknown series {unknown}; available: {series[:20]}.")
+        start = fw[DATE].min()
+        back = history if history is not None else self.input_size
+        before = wide[wide[DATE] < start].tail(back)
+        after = wide[(wide[DATE] >= start) & (wide[DATE] <= fw[DATE].max())]
+        fig, axes = plt.subplots(len(chosen), 1, figsize=(10, 2.6 * len(chosen)), squeeze=False)
+        for ax, s in zip(axes[:, 0], chosen):
+            ax.plot(before[DATE], before[s], color="0.3", lw=1, label="history")
+            ax.plot(after[DATE], after[s], color="k", lw=1, label="truth")
+            groups = fw.groupby("cutoff") if "cutoff" in fw.columns else [(None, fw)]
+            for i, (_, g) in enumerate(groups):
+                ax.plot(g[DATE], g[f"{s}_hat"], color="tab:red", lw=1.2, label="forecast" if i == 0 else None)
+            ax.set_title(str(s), fontsize=10)
+            ax.legend(loc="upper left", fontsize=8)
+        fig.tight_layout()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return path

@@ -1,0 +1,240 @@
+"""Gateformer (Lan & Oermann, arXiv 2505.00307): gated temporal and variate-wise attention for multivariate forecasting.
+
+Each variate of the look-back window becomes one token built from two views of its history, a global linear
+embedding of the whole window and a patch Transformer over its local shape, mixed by a learned gate. Attention
+across the variate tokens then models cross-series dependencies, and a second gate decides per feature how much
+of that cross-variate context to keep. The maths and every choice the paper leaves open are in
+``docs/models/gateformer.md``.
+
+Shapes: input ``x`` ``[B, L, N]`` (``L`` = ``seq_len`` look-back steps, ``N`` = ``n_vars`` variates, float32),
+output ``[B, H, N]`` (``H`` = ``pred_len``) on the input's scale.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gatedzoo.layers import GatedFusion, MultiheadAttention
+from gatedzoo.zoo import ZooMixin, register_model
+
+PAPER = "Lan & Oermann, Gateformer: Advancing Multivariate Time Series Forecasting through Temporal and Variate-Wise " \
+        "Attention with Gated Representations, arXiv 2505.00307 (FMSD workshop @ ICML 2025)"
+
+
+class InstanceNorm(nn.Module):
+    """Per-sample, per-variate normalisation over time (RevIN without the affine part), undone on the forecast.
+
+    The mean is detached (it only shifts the series); the standard deviation keeps its gradient, as in the paper's
+    code. ``eps`` is added to the (biased) variance.
+    """
+
+    def __init__(self, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``x`` ``[B, L, N]`` -> ``(normalised x, mean [B, 1, N], std [B, 1, N])``."""
+        mean = x.mean(1, keepdim=True).detach()
+        x = x - mean
+        std = torch.sqrt(x.var(1, keepdim=True, unbiased=False) + self.eps)
+        return x / std, mean, std
+
+
+def sinusoidal_table(length: int, dim: int) -> torch.Tensor:
+    """Fixed sine/cosine position table ``[length, dim]`` (Vaswani et al.); odd ``dim`` drops the last cosine."""
+    pos = torch.arange(length, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    table = torch.zeros(length, dim)
+    table[:, 0::2] = torch.sin(pos * freq)
+    table[:, 1::2] = torch.cos(pos * freq)[:, : dim // 2]
+    return table
+
+
+class PatchEmbedding(nn.Module):
+    """Right replication padding by ``stride``, non-overlapping patches, a bias-free linear map, sinusoidal positions.
+
+    ``x`` ``[B*N, L]`` -> ``[B*N, P, d]`` with ``P = (L - patch_len) // stride + 2`` patches (13 for L = 96, 8/8).
+    """
+
+    def __init__(self, seq_len: int, dim: int, patch_len: int, stride: int, dropout: float):
+        super().__init__()
+        self.patch_len, self.stride = patch_len, stride
+        self.num_patches = (seq_len - patch_len) // stride + 2
+        self.proj = nn.Linear(patch_len, dim, bias=False)
+        self.register_buffer("pos", sinusoidal_table(self.num_patches, dim), persistent=False)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # replicate the last value so the final patch sees the most recent steps even when L is not a stride multiple
+        x = F.pad(x.unsqueeze(1), (0, self.stride), mode="replicate").squeeze(1)
+        patches = x.unfold(-1, self.patch_len, self.stride)
+        return self.drop(self.proj(patches) + self.pos)
+
+
+class EncoderLayer(nn.Module):
+    """Pre-norm Transformer layer: ``x + drop(attn(LN x))``, then ``x + drop(W2 drop(relu(W1 LN x)))``.
+
+    Attention runs through :class:`gatedzoo.layers.MultiheadAttention` (the shared core).
+
+    Args:
+        dim (int): token width ``d``.
+        num_heads (int): attention heads; must divide ``dim``.
+        ffn_dim (int): hidden width of the feed-forward block.
+        dropout (float): dropout after attention, inside and after the feed-forward block.
+        activation (str): ``"softmax"`` or ``"sigmoid"`` attention. Default: ``"softmax"``.
+        gate (str, Optional): G1 output gate (``"headwise"`` / ``"elementwise"``). Default: `None`.
+        backend (str): attention backend for :func:`gatedzoo.kernels.attention`. Default: ``"auto"``.
+    """
+
+    def __init__(self, dim: int, num_heads: int, ffn_dim: int, dropout: float, activation: str = "softmax",
+                 gate: str | None = None, backend: str = "auto"):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = MultiheadAttention(dim, num_heads, activation=activation, gate=gate, backend=backend)
+        self.norm2 = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, ffn_dim)
+        self.fc2 = nn.Linear(ffn_dim, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` ``[batch, tokens, dim]`` -> same shape."""
+        x = x + self.drop(self.attn(self.norm1(x)))
+        return x + self.drop(self.fc2(self.drop(F.relu(self.fc1(self.norm2(x))))))
+
+
+class Gateformer(ZooMixin, nn.Module):
+    """Gateformer forecaster: ``[B, seq_len, n_vars]`` look-back -> ``[B, pred_len, n_vars]`` forecast.
+
+    Args:
+        seq_len (int): look-back length ``L``. Default: ``96``.
+        pred_len (int): horizon ``H``. Default: ``96``.
+        n_vars (int): number of variates ``N`` (TSLib ``enc_in``); no weight depends on it, it guards the input.
+            Default: ``7``.
+        d_model (int): token width ``d``. Default: ``64``.
+        d_ff (int): feed-forward width. Default: ``64``.
+        n_heads (int): attention heads in both encoders. Default: ``4``.
+        e_layers (int): layers of the temporal and of the variate encoder (each). Default: ``1``.
+        dropout (float): dropout everywhere (embeddings, encoders, flatten head). Default: ``0.1``.
+        patch_len (int): patch length ``P``. Default: ``8``.
+        stride (int): patch stride ``S`` (also the replication padding). Default: ``8``.
+        variate_activation (str): ``"softmax"`` (paper) or ``"sigmoid"`` attention across variates.
+            Default: ``"softmax"``.
+        variate_gate (str, Optional): G1 output gate on the variate attention, ``"headwise"`` or ``"elementwise"``.
+            Default: `None` (paper).
+        backend (str): attention backend of every layer (``"auto"``, ``"reference"``, ``"triton"``, ``"sdpa"``).
+            Default: ``"auto"``.
+
+    ``forward`` returns the forecast; :meth:`gates` returns the two fusion gates for inspection.
+    """
+
+    zoo_adaptable = ("head",)
+
+    def __init__(
+        self,
+        seq_len: int = 96,
+        pred_len: int = 96,
+        n_vars: int = 7,
+        d_model: int = 64,
+        d_ff: int = 64,
+        n_heads: int = 4,
+        e_layers: int = 1,
+        dropout: float = 0.1,
+        patch_len: int = 8,
+        stride: int = 8,
+        variate_activation: str = "softmax",
+        variate_gate: str | None = None,
+        backend: str = "auto",
+    ):
+        super().__init__()
+        for name, value in (("seq_len", seq_len), ("pred_len", pred_len), ("n_vars", n_vars), ("d_model", d_model),
+                            ("d_ff", d_ff), ("n_heads", n_heads), ("e_layers", e_layers), ("patch_len", patch_len),
+                            ("stride", stride)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"Gateformer: {name}={value!r} must be a positive integer.")
+        if patch_len > seq_len:
+            raise ValueError(f"Gateformer: patch_len={patch_len} is longer than seq_len={seq_len}; shorten the patch.")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"Gateformer: dropout={dropout} must lie in [0, 1).")
+        self.seq_len, self.pred_len, self.n_vars = seq_len, pred_len, n_vars
+        self.norm = InstanceNorm()
+        self.global_embed = nn.Linear(seq_len, d_model)
+        self.patch_embed = PatchEmbedding(seq_len, d_model, patch_len, stride, dropout)
+        self.temporal = nn.ModuleList(
+            EncoderLayer(d_model, n_heads, d_ff, dropout, backend=backend) for _ in range(e_layers)
+        )
+        self.flatten_proj = nn.Linear(d_model * self.patch_embed.num_patches, d_model)
+        self.temporal_gate = GatedFusion(d_model)
+        self.variate = nn.ModuleList(
+            EncoderLayer(d_model, n_heads, d_ff, dropout, variate_activation, variate_gate, backend)
+            for _ in range(e_layers)
+        )
+        self.variate_gate = GatedFusion(d_model)
+        self.drop = nn.Dropout(dropout)
+        self.head = nn.Linear(d_model, pred_len)
+
+    def _check(self, x: torch.Tensor) -> None:
+        if x.ndim != 3 or x.shape[1] != self.seq_len or x.shape[2] != self.n_vars:
+            raise ValueError(
+                f"Gateformer expects x of shape [batch, seq_len={self.seq_len}, n_vars={self.n_vars}], got "
+                f"{list(x.shape)}. Feed windows of the look-back the model was built with, with one column per "
+                "variate (build the model with n_vars= and seq_len= matching your data)."
+            )
+        if not x.is_floating_point():
+            raise TypeError(f"Gateformer expects a floating-point input, got {x.dtype}; convert with x.float().")
+
+    def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised ``x`` ``[B, L, N]`` -> global ``g`` and temporal-dependency ``t`` embeddings, ``[B, N, d]``."""
+        b, _, n = x.shape
+        series = x.transpose(1, 2)  # [B, N, L]
+        g = self.drop(self.global_embed(series))
+        t = self.patch_embed(series.reshape(b * n, self.seq_len))
+        for layer in self.temporal:
+            t = layer(t)
+        t = self.drop(self.flatten_proj(t.flatten(1)))
+        return g, t.view(b, n, -1)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Variate tokens after both gates, ``[B, N, d]``, from a normalised look-back ``[B, L, N]``."""
+        g, t = self._embed(x)
+        e = self.temporal_gate(g, t)
+        c = e
+        for layer in self.variate:
+            c = layer(c)
+        return self.variate_gate(e, c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` ``[B, seq_len, n_vars]`` -> forecast ``[B, pred_len, n_vars]``, de-normalised to the input scale."""
+        self._check(x)
+        z, mean, std = self.norm(x)
+        out = self.head(self.encode(z)).transpose(1, 2)
+        return out * std + mean
+
+    @torch.no_grad()
+    def gates(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The gate values ``[B, N, d]`` of gate 1 (weight on the global embedding) and gate 2 (weight kept on the
+        pre-attention tokens), for inspection."""
+        self._check(x)
+        z, _, _ = self.norm(x)
+        g, t = self._embed(z)
+        e = self.temporal_gate(g, t)
+        c = e
+        for layer in self.variate:
+            c = layer(c)
+        return {"temporal": self.temporal_gate.gate(g, t), "variate": self.variate_gate.gate(e, c)}
+
+
+@register_model(family="gateformer", task="forecasting", paper=PAPER, license="Apache-2.0")
+def gateformer(**kwargs) -> Gateformer:
+    """Gateformer multivariate forecaster (look-back 96 -> horizon 96 by default; see :class:`Gateformer`)."""
+    # dotted CLI overrides of the untyped model_args dict (--model.init_args.model_args.n_vars 3) arrive as text
+    for key, value in kwargs.items():
+        if isinstance(value, str) and key not in ("variate_activation", "variate_gate", "backend"):
+            try:
+                kwargs[key] = float(value) if key == "dropout" else int(value)
+            except ValueError:
+                raise ValueError(f"gateformer: {key}={value!r} is not a number.") from None
+    return Gateformer(**kwargs)

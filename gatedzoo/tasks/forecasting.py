@@ -1,0 +1,190 @@
+"""Forecasting: MSE training on normalised windows, per-sample MSE / MAE evaluation, the ``gatedzoo eval`` evaluator.
+
+Batches are ``(x [B, seq_len, N], y [B, pred_len, N])`` on the scale of the training split's standard scaler (see
+:class:`gatedzoo.data.timeseries.TimeSeriesDataModule`); metrics are reported on that scale, as the
+Time-Series-Library protocol does, averaged over samples (every window counts once, whatever the batch size).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import TEST_LOSS, TRAIN_LOSS, VAL_LOSS, SaveZooWeights, ZooTask, register_evaluator
+
+log = logging.getLogger("gatedzoo")
+
+VAL_MSE, VAL_MAE = "val/mse", "val/mae"
+TEST_MSE, TEST_MAE = "test/mse", "test/mae"
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, device: str | torch.device | None = None) -> dict[str, float]:
+    """MSE and MAE of ``model`` over every window of ``loader``, averaged per element in float64.
+
+    Returns:
+        ``{"mse": float, "mae": float, "samples": int}``.
+    """
+    device = torch.device(device or next(model.parameters()).device)
+    was_training = model.training
+    model.eval()
+    se = ae = 0.0
+    count = samples = 0
+    for x, y in loader:
+        pred = model(x.to(device)).double()
+        y = y.to(device).double()
+        se += float(((pred - y) ** 2).sum())
+        ae += float((pred - y).abs().sum())
+        count += y.numel()
+        samples += len(y)
+    model.train(was_training)
+    if count == 0:
+        raise ValueError("evaluate: the loader yielded no windows; the split is shorter than seq_len + pred_len.")
+    return {"mse": se / count, "mae": ae / count, "samples": samples}
+
+
+def check_data_fits(model: nn.Module, dm) -> None:
+    """Raise before training when the data's look-back, horizon or variable count differ from the model's."""
+    for name, want, have in (("seq_len", getattr(model, "seq_len", None), dm.seq_len),
+                             ("pred_len", getattr(model, "pred_len", None), dm.pred_len),
+                             ("n_vars", getattr(model, "n_vars", None), getattr(dm, "n_vars", None))):
+        if want is not None and have is not None and want != have:
+            raise ValueError(
+                f"the data gives {name}={have} but the model was built with {name}={want}; set "
+                f"model.init_args.model_args.{name}: {have} (a different pred_len re-initialises the head of loaded "
+                "weights; seq_len must match them)."
+            )
+
+
+class Forecasting(ZooTask):
+    """Trains ``model(x [B, L, N]) -> [B, H, N]`` with MSE; logs ``val/mse``, ``val/mae`` (= ``val/loss``), test too.
+
+    TSLib defaults: Adam (``weight_decay=0``, so AdamW equals Adam), learning rate halved every epoch
+    (``schedule="halving"``, TSLib ``lradj=type1``).
+
+    Args:
+        test_after_fit (bool): after fitting, evaluate the best checkpoint on the test split, print the metrics,
+            write ``test_metrics.json`` into the log folder and add them (with the validation metrics of the kept
+            checkpoint) to the zoo weights of any :class:`~gatedzoo.tasks.SaveZooWeights` callback.
+            Default: `False`.
+        **kwargs: see :class:`~gatedzoo.tasks.ZooTask` (``arch``, ``model_args``, ``pretrained``, ``lr``, ...).
+    """
+
+    def __init__(self, *args, test_after_fit: bool = False, weight_decay: float = 0.0, schedule: str = "halving",
+                 **kwargs):
+        super().__init__(*args, weight_decay=weight_decay, schedule=schedule, **kwargs)
+        self.save_hyperparameters()
+        self.test_metrics: dict[str, float] = {}
+
+    def on_fit_start(self) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None and hasattr(dm, "seq_len"):
+            dm.setup("fit")
+            check_data_fits(self.model, dm)
+        super().on_fit_start()
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = F.mse_loss(self.model(x), y)
+        self.log(TRAIN_LOSS, loss, prog_bar=True, batch_size=len(y))
+        return loss
+
+    def _eval_step(self, batch, names):
+        x, y = batch
+        pred = self.model(x)
+        mse, mae = F.mse_loss(pred, y), F.l1_loss(pred, y)
+        # weighted by batch size, so the epoch value is the per-sample average even with a short last batch
+        for name, value in zip(names, (mse, mse, mae)):
+            self.log(name, value, batch_size=len(y), prog_bar=name.endswith("mse"), sync_dist=True)
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step(batch, (VAL_LOSS, VAL_MSE, VAL_MAE))
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step(batch, (TEST_LOSS, TEST_MSE, TEST_MAE))
+
+    def predict_step(self, batch, batch_idx):
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self.model(x)
+
+    def on_fit_end(self) -> None:
+        if not self.hparams.test_after_fit or self.trainer.datamodule is None:
+            return
+        ckpt = self.trainer.checkpoint_callback
+        if ckpt is not None and getattr(ckpt, "best_model_path", "") and Path(ckpt.best_model_path).exists():
+            state = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=False)["state_dict"]
+            self.load_state_dict(state)
+        m = evaluate(self.model, self.trainer.datamodule.test_dataloader(), self.device)
+        # the validation metrics of the weights actually kept (callback_metrics hold the last epoch's)
+        v = evaluate(self.model, self.trainer.datamodule.val_dataloader(), self.device)
+        self.test_metrics = {TEST_MSE: m["mse"], TEST_MAE: m["mae"], VAL_MSE: v["mse"], VAL_MAE: v["mae"],
+                             VAL_LOSS: v["mse"]}
+        if not self.trainer.is_global_zero:
+            return
+        print(f"test (normalised scale, {m['samples']} windows): mse={m['mse']:.4f} mae={m['mae']:.4f}")
+        folder = Path(self.trainer.log_dir or ".")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "test_metrics.json").write_text(json.dumps({**self.test_metrics, "samples": m["samples"]}) + "\n")
+        for cb in self.trainer.callbacks:
+            if isinstance(cb, SaveZooWeights):
+                out = Path(cb.dirpath or folder / "zoo")
+                cfg_path = out / "config.json"
+                old = json.loads(cfg_path.read_text()).get("metrics", {}) if cfg_path.exists() else {}
+                rest = {k: val for k, val in old.items() if k not in self.test_metrics}  # e.g. the last train loss
+                self.model.save_pretrained(out, metrics={**self.test_metrics, **rest}, **cb.extra)
+
+
+@register_evaluator("forecasting")
+def evaluate_forecaster(model: nn.Module, data: str | None = None, split: str = "test",
+                        batch_size: int = 256) -> dict[str, float]:
+    """``gatedzoo eval`` for forecasting weights: MSE / MAE on the normalised scale (the weights' own scaler).
+
+    ``data`` is a CSV in the weights' format (``date`` + the same variables); default: the weights' training
+    dataset, split by its TSLib borders. ``split`` is ``train``, ``val``, ``test`` or ``all`` (every window of
+    ``data``).
+    """
+    import numpy as np
+
+    from gatedzoo.data.timeseries import SPLIT_NAMES, WindowDataset, load_frame, tslib_borders
+
+    cfg = getattr(model, "zoo_config", {})
+    td = cfg.get("source_data") or {}
+    if not cfg.get("scaler") or not cfg.get("variables"):
+        raise ValueError("these weights carry no scaler / variables in their config; they were not trained by a "
+                         "gatedzoo forecasting recipe.")
+    if split not in (*SPLIT_NAMES, "all"):
+        raise ValueError(f"split={split!r}; use train, val, test or all.")
+    if data is None and td.get("dataset") in (None, "frame"):
+        raise ValueError("these weights were trained on an in-memory frame; pass --data PATH to evaluate them.")
+    variables = cfg["variables"]
+    df = load_frame(data or td["dataset"])
+    have = [c for c in df.columns if c != "date"]
+    if sorted(have) != sorted(variables):
+        raise ValueError(
+            f"the data has {len(have)} variables {have[:10]} but the weights expect {len(variables)}: "
+            f"{variables[:10]}; "
+            "give a file with exactly these columns (fine-tune with a new n_vars for other data)."
+        )
+    values = df[variables].to_numpy(dtype=np.float64)
+    values = (values - np.asarray(cfg["scaler"]["mean"])) / np.asarray(cfg["scaler"]["std"])
+    lookback, horizon = int(cfg["lookback"]), int(cfg["horizon"])
+    if horizon != getattr(model, "pred_len", horizon) or lookback != getattr(model, "seq_len", lookback):
+        raise ValueError(f"the config's lookback/horizon {lookback}/{horizon} do not match the model's "
+                         f"{model.seq_len}/{model.pred_len}.")
+    if split != "all":
+        starts, ends = tslib_borders(len(values), lookback, td.get("split", "ratio"),
+                                     tuple(td.get("ratios", (0.7, 0.1, 0.2))))
+        i = SPLIT_NAMES.index(split)
+        values = values[starts[i]:ends[i]]
+    ds = WindowDataset(values, lookback, horizon)
+    if len(ds) == 0:
+        raise ValueError(f"the {split} part has {len(values)} rows; one window needs lookback + horizon = "
+                         f"{lookback + horizon}.")
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size)
+    m = evaluate(model.float().eval(), loader, "cpu" if not next(model.parameters()).is_cuda else None)
+    return {"mse": m["mse"], "mae": m["mae"], "windows": m["samples"]}

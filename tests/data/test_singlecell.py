@@ -1,0 +1,160 @@
+"""Single-cell data: input detection, vocabulary matching, rank binning, checks, backed reading, the data module."""
+
+import anndata as ad
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from gatedzoo.data.paths import fetch
+from gatedzoo.data.singlecell import (
+    PBMC_STIM,
+    DataCheckError,
+    GeneVocab,
+    SingleCellDataModule,
+    TokenizedCells,
+    bin_values,
+    check_anndata,
+    collate_cells,
+    detect_input_kind,
+    read_dataset,
+    tokenize_anndata,
+)
+
+
+@pytest.fixture(scope="module")
+def stim():
+    """60 real pbmc_stim cells (raw counts; 30 ctrl + 30 stim) with a counts layer and log-normalised .X."""
+    import scanpy as sc
+
+    full = ad.read_h5ad(fetch(PBMC_STIM))
+    idx = np.r_[0:30, 1000:1030]
+    a = full[idx].copy()
+    a.layers["counts"] = a.X.copy()
+    sc.pp.normalize_total(a, target_sum=1e4)
+    sc.pp.log1p(a)
+    return a
+
+
+@pytest.fixture(scope="module")
+def p68():
+    return read_dataset("pbmc68k_reduced")
+
+
+def test_detect_input_kind_on_real_matrices(stim, p68):
+    adata, _ = p68
+    assert detect_input_kind(adata.X[:100]) == "scaled"
+    assert detect_input_kind(adata.raw.X[:100]) == "log1p"
+    assert detect_input_kind(stim.layers["counts"]) == "counts"
+    assert detect_input_kind(stim.X) == "log1p"
+
+
+def test_vocab_matches_symbols_and_versioned_ensembl_ids():
+    v = GeneVocab(["CD3E", "MS4A1"], ensembl_ids=["ENSG00000198851", "ENSG00000156738"])
+    assert len(v) == 4
+    assert v.encode(["MS4A1", "ENSG00000198851.9", "NOPE"]).tolist() == [3, 2, -1]
+    assert GeneVocab.from_config(v.to_config()).encode(["ENSG00000156738"]).tolist() == [3]
+    with pytest.raises(ValueError, match="unique"):
+        GeneVocab(["A", "A"])
+
+
+def test_rank_bins_make_counts_and_log1p_tokenise_alike(stim):
+    vocab = GeneVocab(list(stim.var_names))
+    counts = tokenize_anndata(stim, vocab, layer="counts")
+    logged = tokenize_anndata(stim, vocab, input="log1p")
+    assert np.array_equal(counts.indptr, logged.indptr)
+    assert np.array_equal(counts.bins, logged.bins)
+    # genes come by decreasing expression, bins 1..50 non-increasing along a cell
+    g, b = counts.cell(0)
+    assert b.min() >= 1 and b.max() == 50 and np.all(np.diff(b.astype(int)) <= 0)
+    assert counts.meta["input"] == "counts" and logged.meta["input"] == "log1p"
+
+
+def test_bin_values_ties_share_a_bin():
+    b = bin_values(np.array([1.0, 1.0, 1.0, 5.0]), 51)
+    assert b[0] == b[1] == b[2] < b[3] == 50
+
+
+def test_checks_refuse_bad_input_with_the_fix(stim, p68):
+    vocab = GeneVocab(list(stim.var_names))
+    with pytest.raises(DataCheckError, match="layer=.*counts"):
+        check_anndata(stim, vocab)  # log1p .X where counts are expected: names the counts layer
+    adata, _ = p68
+    with pytest.raises(DataCheckError, match="negative values"):
+        check_anndata(adata, GeneVocab(list(adata.var_names)))  # pbmc68k .X is scaled
+    with pytest.raises(DataCheckError, match="obs has no column 'cell_type'"):
+        check_anndata(stim, vocab, layer="counts", labels_key="cell_type")
+    renamed = stim.copy()
+    renamed.var_names = [f"ENSG{i:011d}" for i in range(stim.n_vars)]
+    with pytest.raises(DataCheckError, match="Ensembl ids but the vocabulary holds symbols"):
+        check_anndata(renamed, vocab, layer="counts")
+    bad = stim.copy()
+    bad.layers["counts"] = bad.layers["counts"].toarray()
+    bad.layers["counts"][2, 5] = np.nan
+    with pytest.raises(DataCheckError, match="NaN or inf"):
+        check_anndata(bad, vocab, layer="counts")
+    bad.layers["counts"][2] = 0
+    with pytest.raises(DataCheckError, match="no expressed gene"):
+        check_anndata(bad, vocab, layer="counts")
+
+
+def test_backed_reading_equals_in_memory(stim, tmp_path):
+    path = tmp_path / "cells.h5ad"
+    stim.write_h5ad(path)
+    vocab = GeneVocab(list(stim.var_names))
+    mem = tokenize_anndata(stim, vocab, layer="counts", batch_key="batch")
+    backed = tokenize_anndata(ad.read_h5ad(path, backed="r"), vocab, layer="counts", batch_key="batch")
+    assert np.array_equal(mem.genes, backed.genes) and np.array_equal(mem.bins, backed.bins)
+    assert backed.batch_names == ["ctrl", "stim"] and backed.batches.tolist() == [0] * 30 + [1] * 30
+
+
+def test_tokenized_cells_save_load_subset_concat(stim, tmp_path):
+    vocab = GeneVocab(list(stim.var_names))
+    a = tokenize_anndata(stim, vocab, layer="counts", batch_key="batch")
+    a.save(tmp_path / "a.pt")
+    b = TokenizedCells.load(tmp_path / "a.pt")
+    assert np.array_equal(a.genes, b.genes) and b.batch_names == ["ctrl", "stim"]
+    sub = b.subset([3, 40])
+    assert np.array_equal(sub.cell(1)[0], b.cell(40)[0])
+    both = TokenizedCells.concat([sub, sub])
+    assert len(both) == 4 and both.batches.tolist() == [0, 1, 0, 1] and both.labels.tolist() == [-1] * 4
+
+
+def test_collate_pads_truncates_and_masks(stim):
+    cells = tokenize_anndata(stim, GeneVocab(list(stim.var_names)), layer="counts")
+    items = [(*cells.cell(i), -1, -1) for i in range(4)]
+    rng = np.random.default_rng(0)
+    b = collate_cells(items, max_genes=64, mask_ratio=0.25, mask_bin=51, sample=False, generator=rng)
+    lens = [min(len(g), 64) for g, *_ in items]
+    assert b["seq_lens"].tolist() == lens and b["genes"].shape == (4, max(lens))
+    masked = (b["targets"] != -100).sum(1).tolist()
+    assert masked == [max(1, round(0.25 * n)) for n in lens]
+    assert (b["bins"][b["targets"] != -100] == 51).all()
+    # top-expressed genes are kept when not sampling
+    assert np.array_equal(b["genes"][0, : lens[0]].numpy()[b["targets"][0, : lens[0]].numpy() == -100],
+                          items[0][0][:64][b["targets"][0, : lens[0]].numpy() == -100])
+
+
+def test_datamodule_on_pbmc68k_keeps_labels_and_metadata():
+    dm = SingleCellDataModule("pbmc68k_reduced", max_genes=32, batch_size=16, val_fraction=0.2)
+    dm.setup("fit")
+    assert len(dm.label_names) == 10 and len(dm.train_idx) + len(dm.val_idx) == 700
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["genes"].shape[0] == 16 and batch["seq_lens"].max() <= 32 and (batch["labels"] >= 0).all()
+    meta = dm.zoo_metadata()
+    assert meta["preprocessing"]["inputs_seen"] == ["log1p"] and len(meta["gene_vocab"]["genes"]) == 765
+    with pytest.raises(ValueError, match="mask_ratio"):
+        SingleCellDataModule("pbmc68k_reduced", mask_ratio=1.5)
+
+
+def test_unknown_dataset_message():
+    with pytest.raises(FileNotFoundError, match="pbmc68k_reduced"):
+        read_dataset("nope.h5ad")
+
+
+def test_sparse_and_dense_tokenise_alike(stim):
+    vocab = GeneVocab(list(stim.var_names))
+    dense = stim.copy()
+    dense.layers["counts"] = sp.csr_matrix(stim.layers["counts"]).toarray()
+    a = tokenize_anndata(stim, vocab, layer="counts")
+    b = tokenize_anndata(dense, vocab, layer="counts")
+    assert np.array_equal(a.genes, b.genes) and np.array_equal(a.bins, b.bins)

@@ -1,0 +1,134 @@
+"""The TSLib benchmark protocol on the real ETTh1 / Exchange files, vic_elec, and every bad-input error."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from gatedzoo.data.paths import data_dir
+from gatedzoo.data.timeseries import (
+    ETTH1,
+    EXCHANGE,
+    TimeSeriesDataModule,
+    check_frame,
+    load_frame,
+    tslib_borders,
+)
+
+
+def _need(f):
+    if not f.path().exists():
+        pytest.skip(f"{f.relpath} is not under GATEDZOO_DATA={data_dir()} (CI points it at ../shared/data)")
+
+
+def test_etth1_follows_the_tslib_borders():
+    _need(ETTH1)
+    dm = TimeSeriesDataModule("etth1", seq_len=96, pred_len=96)
+    dm.setup()
+    assert dm.variables == ["HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT"] and dm.freq == "h"
+    # 12/4/4 months of 30 days: 8640 / 2880 / 2880 rows; val and test look back 96 rows into the previous split
+    assert dm.starts == [0, 8544, 11424] and dm.ends == [8640, 11520, 14400]
+    # the window counts TSLib reports for ETTh1 at H=96
+    assert {k: len(v) for k, v in dm.sets.items()} == {"train": 8449, "val": 2785, "test": 2785}
+    raw = load_frame("etth1")
+    train = raw.iloc[:8640, 1:].to_numpy()
+    np.testing.assert_allclose(dm.mean, train.mean(0))
+    np.testing.assert_allclose(dm.std, train.std(0))  # population std, as scikit-learn's StandardScaler
+    x, y = dm.sets["test"][0]
+    np.testing.assert_allclose(x[0].numpy(), ((raw.iloc[11424, 1:].to_numpy(float) - dm.mean) / dm.std), rtol=1e-5)
+    np.testing.assert_allclose(y[0].numpy(), ((raw.iloc[11520, 1:].to_numpy(float) - dm.mean) / dm.std), rtol=1e-5)
+    meta = dm.zoo_metadata()
+    assert meta["lookback"] == 96 and meta["horizon"] == 96 and len(meta["scaler"]["mean"]) == 7
+    assert meta["source_data"]["dataset"] == "etth1" and meta["source_data"]["split"] == "ett_hour"
+
+
+def test_exchange_gets_the_ltsf_date_and_a_70_10_20_split():
+    _need(EXCHANGE)
+    df = load_frame("exchange")
+    assert list(df.columns) == ["date", "0", "1", "2", "3", "4", "5", "6", "OT"] and len(df) == 7588
+    assert df["date"].iloc[0] == pd.Timestamp("1990-01-01") and df["date"].iloc[-1] == pd.Timestamp("2010-10-10")
+    dm = TimeSeriesDataModule("exchange", pred_len=96)
+    dm.setup()
+    assert dm.ends == [5311, 6071, 7588] and dm.starts == [0, 5215, 5975]
+    assert len(dm.sets["test"]) == 1422  # TSLib's Exchange test size at H=96
+
+
+def test_evaluation_keeps_every_window():
+    _need(EXCHANGE)
+    dm = TimeSeriesDataModule("exchange", pred_len=720, batch_size=8, eval_batch_size=100)
+    dm.setup()
+    sizes = [len(x) for x, _ in dm.test_dataloader()]
+    assert sum(sizes) == len(dm.sets["test"]) == 798 and sizes[-1] == 98  # drop_last=False
+    train_sizes = {len(x) for x, _ in dm.train_dataloader()}
+    assert train_sizes == {8}  # training drops the short last batch, as TSLib
+
+
+def test_vic_elec_loads_offline():
+    dm = TimeSeriesDataModule("vic_elec", seq_len=96, pred_len=48)
+    dm.setup()
+    assert dm.variables == ["Temperature", "Demand"] and dm.freq == "30min" and len(dm.dates) == 52608
+    x, y = dm.sets["train"][0]
+    assert x.shape == (96, 2) and y.shape == (48, 2)
+
+
+def test_ratio_borders_match_tslib_arithmetic():
+    starts, ends = tslib_borders(1000, 96, "ratio")
+    assert ends == [700, 800, 1000] and starts == [0, 604, 704]
+    with pytest.raises(ValueError, match="needs 14400 rows"):
+        tslib_borders(1000, 96, "ett_hour")
+    with pytest.raises(ValueError, match="summing to 1"):
+        tslib_borders(1000, 96, "ratio", (0.5, 0.1, 0.1))
+
+
+def _frame(n=300):
+    src = load_frame("vic_elec").iloc[:n]
+    return src.rename(columns={"Demand": "OT"})
+
+
+def test_csv_round_trip_and_column_order(tmp_path):
+    path = tmp_path / "series.csv"
+    _frame()[["date", "OT", "Temperature"]].to_csv(path, index=False)
+    df = load_frame(str(path))
+    assert list(df.columns) == ["date", "Temperature", "OT"]  # the target goes last, as TSLib's Dataset_Custom
+    df2 = load_frame(str(path), target="Temperature", columns=["OT", "Temperature"])
+    assert list(df2.columns) == ["date", "OT", "Temperature"]
+
+
+def test_bad_input_errors_name_the_problem(tmp_path):
+    good = _frame()
+    with pytest.raises(ValueError, match="no 'date' column"):
+        check_frame(good.rename(columns={"date": "time"}))
+    bad = good.astype({"date": str})
+    bad.loc[3, "date"] = "yesterday"
+    with pytest.raises(ValueError, match="do not parse as timestamps"):
+        check_frame(bad)
+    with pytest.raises(ValueError, match="increase strictly"):
+        check_frame(good.iloc[::-1])
+    text = good.astype({"OT": object})
+    text.loc[5, "OT"] = "n/a"
+    with pytest.raises(ValueError, match="non-numeric values such as \\['n/a'\\]"):
+        check_frame(text)
+    with pytest.raises(ValueError, match="'Temperature' has no numeric values"):
+        check_frame(good.assign(Temperature=np.nan))
+    with pytest.raises(ValueError, match="no variate columns"):
+        check_frame(good[["date"]])
+    short = tmp_path / "short.csv"
+    good.iloc[:150].to_csv(short, index=False)
+    with pytest.raises(ValueError, match="needs seq_len \\+ pred_len = 192"):
+        TimeSeriesDataModule(str(short), seq_len=96, pred_len=96).setup()
+    with pytest.raises(FileNotFoundError, match="neither a known name"):
+        load_frame(str(tmp_path / "missing.csv"))
+    with pytest.raises(ValueError, match="split='weekly'"):
+        TimeSeriesDataModule("vic_elec", split="weekly")
+
+
+def test_gaps_are_filled_forward():
+    df = _frame(10)
+    df.loc[4, "OT"] = np.nan
+    out = check_frame(df)
+    assert out["OT"].iloc[4] == df["OT"].iloc[3]
+
+
+def test_missing_file_offline_says_where_to_put_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("GATEDZOO_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match="ett/ETTh1.csv is missing: put it at"):
+        load_frame("etth1", root=tmp_path)

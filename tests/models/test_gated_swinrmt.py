@@ -1,0 +1,175 @@
+"""Gated-SwinRMT: windowing maths, the three variants, timm compatibility, bad input, shipped weights (golden)."""
+
+import json
+
+import numpy as np
+import pytest
+import timm
+import torch
+
+import gatedzoo
+from gatedzoo.kernels import attention
+from gatedzoo.models.gated_swinrmt import WindowRetention, axis_segments
+from gatedzoo.zoo.registry import WEIGHTS_DIR
+
+SMALL = dict(img_size=28, in_chans=1, num_classes=10, stem_stride=2)
+SHIPPED = ("gated_swinrmt_swat_tiny.fmnist", "gated_swinrmt_retention_tiny.fmnist")
+#: the golden test pins `gatedzoo eval --split "test[:2000]"` (the first 2,000 Fashion-MNIST test images: the whole
+#: 10,000 take ~35-120 s per model on 2 shared CPU cores); the manifest also holds the whole-test figure
+GOLDEN_SPLIT = "test[:2000]"
+
+
+def fmnist_batch(n=8, offset=0):
+    from gatedzoo.data.images import FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_fashion_mnist
+
+    x, y = load_fashion_mnist("test")
+    x = torch.from_numpy(x[offset:offset + n].astype(np.float32) / 255)[:, None]
+    return (x - FASHION_MNIST_MEAN[0]) / FASHION_MNIST_STD[0], torch.from_numpy(y[offset:offset + n])
+
+
+def test_axis_segments_cover_the_axis_once():
+    assert axis_segments(14, 7, 0) == [(0, 7), (7, 7)]
+    assert axis_segments(14, 7, 3) == [(0, 3), (3, 7), (10, 4)]
+    assert axis_segments(10, 7, 0) == [(0, 7), (7, 3)]
+    for length, window, shift in [(23, 7, 3), (5, 5, 0), (30, 8, 4)]:
+        segs = axis_segments(length, window, shift)
+        covered = [i for s, n in segs for i in range(s, s + n)]
+        assert covered == list(range(length)) and all(n <= window for _, n in segs)
+
+
+@pytest.mark.parametrize("variant", ["swat", "retention", "rmt"])
+@pytest.mark.parametrize("shift", [False, True])
+def test_axis_pass_equals_attention_per_window(variant, shift):
+    """The gather/scatter windowing gives exactly the attention computed window by window."""
+    torch.manual_seed(0)
+    attn = WindowRetention(32, 4, window_size=4, shift=shift, variant=variant, backend="reference").double()
+    q, k, v = (torch.randn(3, 11, 4, 8, dtype=torch.float64) for _ in range(3))
+    got = attn._axis_pass(q, k, v)
+    want = torch.zeros_like(q)
+    for s, n in axis_segments(11, 4, 2 if shift else 0):
+        sl = slice(s, s + n)
+        kw = dict(activation="sigmoid", alibi_slopes=attn.slopes.double(), decay_mode="multiplicative") \
+            if variant == "swat" else dict(activation="softmax", decay_mode="additive")
+        want[:, sl] = attention(q[:, sl], k[:, sl], v[:, sl], decay=attn.log_gamma.double(), backend="reference", **kw)
+    torch.testing.assert_close(got, want)
+
+
+def test_tokens_do_not_see_other_windows():
+    """Changing a token in one window leaves the attention output of every other window unchanged (LCE aside)."""
+    torch.manual_seed(0)
+    attn = WindowRetention(16, 2, window_size=4, shift=True, variant="rmt", backend="reference")
+    attn.lce.weight.data.zero_()
+    attn.lce.bias.data.zero_()
+    x = torch.randn(1, 9, 9, 16)
+    y0 = attn(x)
+    x2 = x.clone()
+    x2[0, 0, 0] += 5.0  # the shifted grid puts (0, 0) alone in its 2x2 corner window
+    diff = (attn(x2) - y0).abs().sum(-1)[0]
+    assert diff[:2, :2].sum() > 0
+    diff[:2, :2] = 0
+    assert diff.max() == 0
+
+
+@pytest.mark.parametrize("arch", ["gated_swinrmt_swat_tiny", "gated_swinrmt_retention_tiny", "gated_swinrmt_rmt_tiny"])
+def test_variants_train_on_real_images(arch):
+    torch.manual_seed(0)
+    model = gatedzoo.create_model(arch, **SMALL)
+    x, y = fmnist_batch(16)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(6):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+
+
+def test_variant_structure():
+    swat = timm.create_model("gated_swinrmt_swat_tiny", **SMALL).stages[0].blocks[0].attn
+    ret = timm.create_model("gated_swinrmt_retention_tiny", **SMALL).stages[0].blocks[0].attn
+    rmt = timm.create_model("gated_swinrmt_rmt_tiny", **SMALL).stages[0].blocks[0].attn
+    assert swat.u_proj is not None and swat.out_norm is not None and swat.gate_proj is None
+    assert (swat.slopes > 0).any() and (swat.slopes < 0).any()  # balanced ALiBi
+    assert ret.gate_proj is not None and ret.u_proj is None and ret.out_norm is None
+    assert rmt.gate_proj is None and rmt.u_proj is None and rmt.out_norm is None
+    assert (rmt.log_gamma < 0).all() and len(set(rmt.log_gamma.tolist())) == rmt.num_heads
+
+
+@pytest.mark.parametrize("arch", ["gated_swinrmt_swat_base", "gated_swinrmt_retention_base"])
+def test_base_size_matches_the_paper(arch):
+    n = sum(p.numel() for p in timm.create_model(arch).parameters())
+    assert 77e6 <= n <= 79e6
+
+
+def test_timm_model_api():
+    model = timm.create_model("gated_swinrmt_swat_tiny", num_classes=7, **{k: v for k, v in SMALL.items()
+                                                                           if k != "num_classes"})
+    x, _ = fmnist_batch(2)
+    feats = model.forward_features(x)
+    assert feats.shape == (2, 160, 2, 2)
+    assert model.forward_head(feats, pre_logits=True).shape == (2, 160)
+    assert model(x).shape == (2, 7)
+    model.reset_classifier(0)
+    assert model(x).shape == (2, 160) and model.num_features == 160
+    model.reset_classifier(4)
+    assert model(x).shape == (2, 4)
+    backbone = timm.create_model("gated_swinrmt_rmt_tiny", features_only=True, out_indices=(1, 2, 3, 4), **SMALL)
+    maps = backbone(x)
+    assert [m.shape[1] for m in maps] == backbone.feature_info.channels() == [32, 64, 128, 160]
+    assert backbone.feature_info.reduction() == [2, 4, 8, 16]
+    assert [m.shape[-1] for m in maps] == [14, 7, 4, 2]
+
+
+def test_untrained_model_defaults_are_imagenet_like():
+    model = timm.create_model("gated_swinrmt_swat_tiny")
+    assert model.num_classes == 1000 and model.stem.in_chans == 3
+    assert model.pretrained_cfg["input_size"] == (3, 224, 224)
+
+
+def test_bad_input_is_refused_with_the_fix():
+    model = gatedzoo.create_model("gated_swinrmt_swat_tiny", **SMALL).eval()
+    with pytest.raises(ValueError, match="in_chans=3"):
+        model(torch.randn(1, 3, 28, 28))
+    with pytest.raises(ValueError, match="smaller than the network's total stride 16"):
+        model(torch.randn(1, 1, 12, 28))
+    with pytest.raises(ValueError, match=r"\[B, C, H, W\]"):
+        model(torch.randn(1, 28, 28))
+    with pytest.raises(ValueError, match="variant"):
+        WindowRetention(32, 4, variant="linear")
+    # sizes that the window does not divide are handled (partial windows), no padding needed
+    assert model(torch.randn(2, 1, 30, 23)).shape == (2, 10)
+
+
+def _shipped(name):
+    if not (WEIGHTS_DIR / name / "model.safetensors").exists():
+        pytest.fail(f"shipped weights {name} are missing from {WEIGHTS_DIR}")
+    return json.loads((WEIGHTS_DIR / "manifest.json").read_text())[name]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_golden_eval_of_shipped_weights(name):
+    """`gatedzoo eval NAME --split "test[:2000]"` reproduces the pinned CPU top-1 (within 1 of 2,000 images)."""
+    from gatedzoo.tasks.images import evaluate_image_classification
+
+    entry = _shipped(name)
+    model = gatedzoo.create_model(name, pretrained=True)
+    metrics = evaluate_image_classification(model, None, GOLDEN_SPLIT)
+    assert metrics["n"] == 2000
+    assert metrics["top1"] == pytest.approx(entry["metrics"]["eval/top1_test[:2000]"], abs=5e-4)
+
+
+def test_timm_pretrained_loads_shipped_weights_and_adapts():
+    _shipped(SHIPPED[0])
+    model = timm.create_model("gated_swinrmt_swat_tiny", pretrained=True).eval()
+    assert model.pretrained_cfg["label_names"][9] == "Ankle boot" and model.stem.in_chans == 1
+    ours = gatedzoo.create_model(SHIPPED[0], pretrained=True).eval()
+    x, _ = fmnist_batch(4)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ours(x))
+        head = timm.create_model("gated_swinrmt_swat_tiny", pretrained=True, num_classes=3)
+        assert head.head.out_features == 3
+        torch.testing.assert_close(head.eval().forward_features(x), ours.forward_features(x))
+        rgb = timm.create_model("gated_swinrmt_swat_tiny", pretrained=True, in_chans=3).eval()
+        torch.testing.assert_close(rgb(x.repeat(1, 3, 1, 1)), ours(x), atol=2e-3, rtol=1e-3)  # w/3 rounding

@@ -1,0 +1,111 @@
+"""The scvi-tools-style API: setup_anndata, embed in place on a fresh AnnData, checks, fine-tune, predict, save/load."""
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+
+import gatedzoo
+from gatedzoo.data.paths import fetch
+from gatedzoo.data.singlecell import PBMC_STIM, DataCheckError, read_dataset
+from gatedzoo.singlecell import SCFM
+
+
+@pytest.fixture(scope="module")
+def stim_genes():
+    return list(ad.read_h5ad(fetch(PBMC_STIM), backed="r").var_names)
+
+
+@pytest.fixture()
+def model(stim_genes, tmp_path):
+    """An untrained tiny model over the pbmc_stim + pbmc68k genes, saved and reloaded as a user would."""
+    torch.manual_seed(0)
+    p68 = list(read_dataset("pbmc68k_reduced")[0].raw.var_names)
+    genes = list(dict.fromkeys(stim_genes + p68))
+    net = gatedzoo.create_model("scfm_sigmoid_tiny", vocab_size=len(genes) + 2)
+    net.zoo_config.update(gene_vocab={"genes": genes}, preprocessing={"n_bins": 51, "max_genes": 64,
+                                                                      "expected_input": "counts"})
+    net.save_pretrained(tmp_path / "m")
+    return SCFM(str(tmp_path / "m"), device="cpu")
+
+
+@pytest.fixture()
+def fresh():
+    """A fresh AnnData built here: 40 real pbmc_stim cells, counts in layers['counts'], log1p in .X."""
+    src = ad.read_h5ad(fetch(PBMC_STIM))
+    idx = np.r_[0:20, 1000:1020]
+    counts = sp.csr_matrix(src.X[idx])
+    x = counts.multiply(1e4 / counts.sum(1)).tocsr()
+    x.data = np.log1p(x.data)
+    a = ad.AnnData(X=x.astype(np.float32), obs=pd.DataFrame({"batch": src.obs["batch"].to_numpy()[idx]},
+                                                            index=[f"c{i}" for i in range(40)]),
+                   var=pd.DataFrame(index=src.var_names.copy()))
+    a.layers["counts"] = counts
+    return a
+
+
+def test_embed_writes_into_the_callers_fresh_anndata(model, fresh):
+    SCFM.setup_anndata(fresh, layer="counts", batch_key="batch")
+    ident = id(fresh)
+    assert model.embed(fresh) is None
+    assert id(fresh) == ident and fresh.obsm["X_scfm"].shape == (40, 64)
+    assert np.isfinite(fresh.obsm["X_scfm"]).all()
+    assert np.allclose(model.get_latent_representation(fresh), fresh.obsm["X_scfm"], atol=1e-5)
+    model.embed(fresh, key_added="X_other")
+    assert "X_other" in fresh.obsm and fresh.uns["scfm"]["X_other"]["max_genes"] == 64
+    import scanpy as sc
+
+    sc.pp.neighbors(fresh, use_rep="X_scfm", n_neighbors=5)  # the scanpy contract: use_rep works
+    assert fresh.obsp["connectivities"].shape == (40, 40)
+
+
+def test_checks_before_work(model, fresh):
+    with pytest.raises(DataCheckError, match="setup_anndata"):
+        model.embed(fresh)
+    SCFM.setup_anndata(fresh)  # .X is log-normalised but the model expects counts
+    with pytest.raises(DataCheckError, match=r"expects raw counts.*layer= one of \['counts'\]"):
+        model.embed(fresh)
+    assert "X_scfm" not in fresh.obsm
+    with pytest.raises(DataCheckError, match="obs has no column 'cell_type'"):
+        SCFM.setup_anndata(fresh, layer="counts", labels_key="cell_type")
+    with pytest.raises(DataCheckError, match="layer 'raw_counts' not found"):
+        SCFM.setup_anndata(fresh, layer="raw_counts")
+    low = ad.AnnData(X=fresh.layers["counts"][:, :500], obs=fresh.obs.copy(),
+                     var=pd.DataFrame(index=[f"gene{i}" for i in range(500)]))
+    SCFM.setup_anndata(low)
+    with pytest.raises(DataCheckError, match=r"only 0 of 500 genes \(0.0%\)"):
+        model.embed(low)
+    SCFM.setup_anndata(fresh, input="log1p")  # knowingly using log data where no counts exist: allowed
+    assert model.check(fresh)["input"] == "log1p"
+
+
+def test_finetune_predict_and_save_roundtrip(model, tmp_path):
+    p68, _ = read_dataset("pbmc68k_reduced")
+    adata = p68.raw.to_adata()[::7].copy()  # 100 labelled cells, log1p (pbmc68k has no counts)
+    adata.obs["bulk_labels"] = p68.obs["bulk_labels"].to_numpy()[::7]
+    SCFM.setup_anndata(adata, labels_key="bulk_labels", input="log1p")
+    with pytest.raises(ValueError, match="no cell-type head"):
+        model.predict(adata)
+    metrics = model.train(adata, max_epochs=1, freeze_layers=1, batch_size=16, enable_progress_bar=False)
+    assert "val/acc" in metrics
+    query = p68.raw.to_adata()[1::7].copy()
+    SCFM.setup_anndata(query, input="log1p")
+    model.predict(query)
+    assert set(query.obs["scfm_pred"].cat.categories) <= set(p68.obs["bulk_labels"].astype(str))
+    assert query.obsm["scfm_probs"].shape == (100, len(model.label_names))
+    assert np.allclose(query.obsm["scfm_probs"].sum(1), 1, atol=1e-4)
+    assert np.allclose(query.obs["scfm_prob"], query.obsm["scfm_probs"].max(1))
+    model.save_pretrained(tmp_path / "tuned")
+    again = SCFM(str(tmp_path / "tuned"), device="cpu")
+    assert again.label_names == model.label_names and again.vocab.genes == model.vocab.genes
+    assert again.preprocessing["expected_input"] == "counts"
+    q2 = query.copy()
+    again.predict(q2, key="again")
+    assert np.allclose(q2.obsm["again_probs"], query.obsm["scfm_probs"], atol=1e-5)
+
+
+def test_model_without_vocabulary_is_refused():
+    with pytest.raises(ValueError, match="gene vocabulary"):
+        SCFM(gatedzoo.create_model("scfm_sigmoid_tiny"), device="cpu")
