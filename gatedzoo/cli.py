@@ -16,10 +16,11 @@ from pathlib import Path
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
 
-def run_lightning(argv: list[str], run: bool = True):
+def run_lightning(argv: list[str] | None, run: bool = True):
     """Build a LightningCLI over :class:`~gatedzoo.tasks.ZooTask` subclasses and any LightningDataModule.
 
-    With ``run=False`` the recipe is only parsed and its trainer, model and data module instantiated (tests).
+    ``argv=None`` reads ``sys.argv`` (the console script). With ``run=False`` the recipe is only parsed and its
+    trainer, model and data module instantiated (tests).
     """
     import lightning as L
     from lightning.pytorch.cli import LightningCLI
@@ -143,9 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    explicit = argv is not None
+    argv = list(argv if explicit else sys.argv[1:])
     if argv and argv[0] in LIGHTNING_COMMANDS:
-        run_lightning(argv)
+        # from the console script LightningCLI reads sys.argv itself (passing it again only draws a warning)
+        run_lightning(argv if explicit else None)
         return 0
     args = build_parser().parse_args(argv)
     return args.fn(args)
