@@ -6,16 +6,16 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 import torch
+from datafiles import need
 
 import gatedzoo
-from gatedzoo.data.paths import fetch
 from gatedzoo.data.singlecell import PBMC_STIM, DataCheckError, read_dataset
 from gatedzoo.singlecell import SCFM
 
 
 @pytest.fixture(scope="module")
 def stim_genes():
-    return list(ad.read_h5ad(fetch(PBMC_STIM), backed="r").var_names)
+    return list(ad.read_h5ad(need(PBMC_STIM), backed="r").var_names)
 
 
 @pytest.fixture()
@@ -34,7 +34,7 @@ def model(stim_genes, tmp_path):
 @pytest.fixture()
 def fresh():
     """A fresh AnnData built here: 40 real pbmc_stim cells, counts in layers['counts'], log1p in .X."""
-    src = ad.read_h5ad(fetch(PBMC_STIM))
+    src = ad.read_h5ad(need(PBMC_STIM))
     idx = np.r_[0:20, 1000:1020]
     counts = sp.csr_matrix(src.X[idx])
     x = counts.multiply(1e4 / counts.sum(1)).tocsr()

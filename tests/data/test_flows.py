@@ -6,6 +6,7 @@ import logging
 import numpy as np
 import pandas as pd
 import pytest
+from datafiles import need
 
 from gatedzoo.data.flows import (
     ATTACK_CATEGORY,
@@ -14,7 +15,6 @@ from gatedzoo.data.flows import (
     NSLKDD_FILES,
     FlowDataModule,
     FlowPreprocessor,
-    data_dir,
     labels_of,
     read_flow_table,
     read_nslkdd,
@@ -25,10 +25,7 @@ from gatedzoo.data.flows import (
 
 
 def _need(key):
-    f = NSLKDD_FILES[key]
-    if not f.path().exists():
-        pytest.skip(f"{f.relpath} is not under GATEDZOO_DATA={data_dir()} (CI points it at ../shared/data)")
-    return f.path()
+    return need(NSLKDD_FILES[key])
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,8 @@ import anndata as ad
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from datafiles import need
 
-from gatedzoo.data.paths import fetch
 from gatedzoo.data.singlecell import (
     PBMC_STIM,
     DataCheckError,
@@ -26,7 +26,7 @@ def stim():
     """60 real pbmc_stim cells (raw counts; 30 ctrl + 30 stim) with a counts layer and log-normalised .X."""
     import scanpy as sc
 
-    full = ad.read_h5ad(fetch(PBMC_STIM))
+    full = ad.read_h5ad(need(PBMC_STIM))
     idx = np.r_[0:30, 1000:1030]
     a = full[idx].copy()
     a.layers["counts"] = a.X.copy()

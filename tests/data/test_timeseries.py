@@ -3,8 +3,8 @@
 import numpy as np
 import pandas as pd
 import pytest
+from datafiles import need
 
-from gatedzoo.data.paths import data_dir
 from gatedzoo.data.timeseries import (
     ETTH1,
     EXCHANGE,
@@ -15,13 +15,8 @@ from gatedzoo.data.timeseries import (
 )
 
 
-def _need(f):
-    if not f.path().exists():
-        pytest.skip(f"{f.relpath} is not under GATEDZOO_DATA={data_dir()} (CI points it at ../shared/data)")
-
-
 def test_etth1_follows_the_tslib_borders():
-    _need(ETTH1)
+    need(ETTH1)
     dm = TimeSeriesDataModule("etth1", seq_len=96, pred_len=96)
     dm.setup()
     assert dm.variables == ["HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT"] and dm.freq == "h"
@@ -42,7 +37,7 @@ def test_etth1_follows_the_tslib_borders():
 
 
 def test_exchange_gets_the_ltsf_date_and_a_70_10_20_split():
-    _need(EXCHANGE)
+    need(EXCHANGE)
     df = load_frame("exchange")
     assert list(df.columns) == ["date", "0", "1", "2", "3", "4", "5", "6", "OT"] and len(df) == 7588
     assert df["date"].iloc[0] == pd.Timestamp("1990-01-01") and df["date"].iloc[-1] == pd.Timestamp("2010-10-10")
@@ -53,7 +48,7 @@ def test_exchange_gets_the_ltsf_date_and_a_70_10_20_split():
 
 
 def test_evaluation_keeps_every_window():
-    _need(EXCHANGE)
+    need(EXCHANGE)
     dm = TimeSeriesDataModule("exchange", pred_len=720, batch_size=8, eval_batch_size=100)
     dm.setup()
     sizes = [len(x) for x, _ in dm.test_dataloader()]

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from datafiles import need
 
 from gatedzoo import create_model
 from gatedzoo.cli import main
-from gatedzoo.data.flows import NSLKDD_FILES, FlowDataModule, data_dir, read_nslkdd
+from gatedzoo.data.flows import NSLKDD_FILES, FlowDataModule, read_nslkdd
 from gatedzoo.tasks.flows import (
     FlowClassification,
     class_weights,
@@ -33,10 +34,7 @@ GOLDEN = {
 
 
 def _need(key):
-    f = NSLKDD_FILES[key]
-    if not f.path().exists():
-        pytest.skip(f"{f.relpath} is not under GATEDZOO_DATA={data_dir()} (CI points it at ../shared/data)")
-    return f.path()
+    return need(NSLKDD_FILES[key])
 
 
 def test_focal_loss_reduces_to_cross_entropy_and_down_weights_easy_flows():

@@ -5,6 +5,7 @@ import json
 import lightning as L
 import pytest
 import torch
+from datafiles import need
 
 import gatedzoo
 from gatedzoo import cli
@@ -88,8 +89,7 @@ def test_mismatches_fail_before_training(fitted, vic_csv, tmp_path):
 
 @pytest.mark.parametrize("horizon", [96, 720])
 def test_golden_shipped_weights(horizon, capsys):
-    if not ETTH1.path().exists():
-        pytest.skip("ett/ETTh1.csv is not under GATEDZOO_DATA (CI points it at ../shared/data)")
+    need(ETTH1)
     assert cli.main(["eval", f"gateformer.etth1_{horizon}", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["metrics"]["windows"] == 2881 - horizon
