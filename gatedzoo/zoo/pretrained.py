@@ -94,8 +94,8 @@ def _fetch_hf(repo: str) -> Path:
     from huggingface_hub import hf_hub_download
 
     repo, _, revision = repo.partition("@")
-    # huggingface_hub reads HF_HUB_OFFLINE once at import; ask again so a later change is honoured
-    kw = dict(revision=revision or None, local_files_only=offline())
+    # huggingface_hub reads HF_HUB_OFFLINE and HF_ENDPOINT once at import; read them again so a later change counts
+    kw = dict(revision=revision or None, local_files_only=offline(), endpoint=os.environ.get("HF_ENDPOINT"))
     path = hf_hub_download(repo, CONFIG_NAME, **kw)
     hf_hub_download(repo, WEIGHTS_NAME, **kw)
     return Path(path).parent

@@ -1,9 +1,10 @@
 """Registry, save/load, head adaptation and downloads against a real HTTP server on 127.0.0.1."""
 
 import contextlib
+import hashlib
 import logging
 import threading
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -175,13 +176,72 @@ def test_missing_sources_name_the_fix(tmp_path):
         create_model("toy_attention_classifier.nonexistent", pretrained=True)
 
 
-def test_hf_hub_source_goes_through_huggingface_hub_offline(monkeypatch, tmp_path):
+class HubHandler(BaseHTTPRequestHandler):
+    """A Hub stand-in: answers `/{org}/{repo}/resolve/{rev}/{file}` with the headers huggingface_hub reads."""
+
+    files: dict[str, bytes] = {}
+    requests: list[str] = []
+
+    def log_message(self, *args):
+        pass
+
+    def _head(self):
+        HubHandler.requests.append(f"{self.command} {self.path}")
+        data = HubHandler.files.get(self.path.rsplit("/", 1)[-1])
+        if data is None or "/resolve/" not in self.path:
+            self.send_response(404)
+            self.end_headers()
+            return None
+        self.send_response(200)
+        self.send_header("X-Repo-Commit", "c" * 40)
+        self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        return data
+
+    def do_HEAD(self):
+        self._head()
+
+    def do_GET(self):
+        data = self._head()
+        if data is not None:
+            self.wfile.write(data)
+
+
+@pytest.fixture
+def hub(saved, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    _, folder = saved
+    HubHandler.files = {p.name: p.read_bytes() for p in folder.iterdir()}
+    HubHandler.requests = []
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), HubHandler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{httpd.server_address[1]}")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    yield
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_hf_hub_download_then_offline_cache(saved, hub, monkeypatch):
+    model, _ = saved
+    same_outputs(model, create_model("hf-hub:gatedzoo/toy"))
+    assert "GET /gatedzoo/toy/resolve/main/model.safetensors" in HubHandler.requests
+    seen = len(HubHandler.requests)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    same_outputs(model, create_model("hf-hub:gatedzoo/toy"))
+    assert len(HubHandler.requests) == seen  # offline: served from huggingface_hub's cache, no request
+
+
+def test_hf_hub_offline_without_cache_raises(hub, monkeypatch):
     import huggingface_hub.errors
 
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(huggingface_hub.errors.LocalEntryNotFoundError):  # raised by huggingface_hub itself
         create_model("hf-hub:gatedzoo/not-cached")
+    assert HubHandler.requests == []
 
 
 def test_save_pretrained_is_atomic(saved, monkeypatch):
