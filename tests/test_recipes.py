@@ -24,3 +24,13 @@ def test_recipe_instantiates(path, monkeypatch, tmp_path):
     cli = run_lightning(["fit", "-c", str(rel), "--trainer.logger", "false", "--trainer.default_root_dir",
                          str(tmp_path)], run=False)
     assert cli.model is not None and cli.datamodule is not None and cli.trainer is not None
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[str(p.relative_to(ROOT / "recipes")) for p in RECIPES])
+def test_recipe_writes_under_runs(path):
+    """A recipe launched from the checkout must not drop config.yaml or checkpoints/ into the working directory."""
+    import yaml
+
+    trainer = yaml.safe_load(path.read_text()).get("trainer", {})
+    root = str(trainer.get("default_root_dir", ""))
+    assert root.startswith("runs/"), f"{path.name}: set trainer.default_root_dir to runs/<family>/<name>"
