@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint docs clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -19,11 +19,16 @@ $(FMNIST):
 
 setup: $(VENV)/.installed $(FMNIST)
 
+# the zoo tour: every family trained, evaluated, loaded from the shipped weights and fine-tuned, on offline data
 demo: setup
-	$(VENV)/bin/gatedzoo fit -c recipes/gateformer/vic_elec.yaml
+	$(VENV)/bin/gatedzoo tour
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
+
+# the documentation site, strictly (a warning fails), into site/; `.venv/bin/mkdocs serve` previews it
+docs: $(VENV)/.installed
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 test: setup lint
 	$(PY) -m pytest -q --timeout 900 --durations 15

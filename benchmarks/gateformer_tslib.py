@@ -54,12 +54,18 @@ def _build(spec):
 
 
 def parse_cell(spec: str) -> tuple[str, dict, str]:
-    """``"etth1_96"`` or ``"etth1_96+variate_activation=sigmoid+seed=2022"`` -> (recipe, overrides, folder name)."""
+    """``"etth1_96"`` or ``"etth1_96+variate_activation=sigmoid+seed=2022"`` -> (recipe, overrides, folder name).
+
+    Values are read as YAML scalars (``dropout=0.2`` is a float). ``seed``, ``lr`` and ``batch_size`` override the
+    recipe's seed, learning rate and training batch size; every other key is a model argument.
+    """
+    import yaml
+
     recipe, *pairs = spec.split("+")
     over = {}
     for pair in pairs:
         key, _, value = pair.partition("=")
-        over[key] = int(value) if value.isdigit() else value
+        over[key] = yaml.safe_load(value)
     return recipe, over, spec.replace("+", "-").replace("=", "-")
 
 
@@ -89,6 +95,10 @@ def run_cell(spec: str, out: Path, tiny: bool, backend: str, max_minutes: float)
     if tiny:
         tr.update(max_epochs=2, limit_train_batches=5, limit_val_batches=2)
     model_cfg = cfg["model"]
+    if "lr" in over:
+        model_cfg["init_args"]["lr"] = float(over.pop("lr"))
+    if "batch_size" in over:
+        cfg["data"]["init_args"]["batch_size"] = int(over.pop("batch_size"))
     model_cfg["init_args"]["model_args"] = {**model_cfg["init_args"].get("model_args", {}), "backend": backend, **over}
     task, dm = _build(model_cfg), _build(cfg["data"])
     trainer = L.Trainer(callbacks=callbacks, **tr)
@@ -282,7 +292,8 @@ def main(argv=None) -> int:
     backend = "auto" if all(c.get("ok") for c in checks.values()) else "reference"
     print(f"preflight: {json.dumps(checks)} -> training backend {backend}", flush=True)
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"), "PYTHONUNBUFFERED": "1"}
-    pending = [c for c in a.cells.split(",") if c]
+    cells = [c for c in a.cells.split(",") if c]  # --cells "" measures the throughput only
+    pending = list(cells)
     running: list[tuple[str, subprocess.Popen]] = []
     while pending or running:
         while pending and len(running) < a.jobs:
@@ -297,7 +308,7 @@ def main(argv=None) -> int:
                 running.remove((cell, proc))
                 print(f"{cell}: exit {proc.returncode} after {time.time() - t_start:.0f}s", flush=True)
     results = []
-    for cell in a.cells.split(","):
+    for cell in cells:
         f = out / f"{parse_cell(cell)[2]}.json"
         results.append(json.loads(f.read_text()) if f.exists() else {"cell": cell, "dataset": cell.split("_")[0],
                                                                      "error": "see the cell's log"})
@@ -312,17 +323,17 @@ def main(argv=None) -> int:
         "cells": results, "throughput": tp,
     }
     for ds, target in TARGET_AVG.items():
-        cells = [r for r in results if r.get("dataset") == ds and "mse" in r and r["cell"] == r["recipe"]]
-        if len(cells) == 4:
-            summary[f"{ds}_avg_mse"] = sum(r["mse"] for r in cells) / 4
-            summary[f"{ds}_avg_mae"] = sum(r["mae"] for r in cells) / 4
+        base = [r for r in results if r.get("dataset") == ds and "mse" in r and r["cell"] == r["recipe"]]
+        if len(base) == 4:
+            summary[f"{ds}_avg_mse"] = sum(r["mse"] for r in base) / 4
+            summary[f"{ds}_avg_mae"] = sum(r["mae"] for r in base) / 4
             summary[f"{ds}_target_avg_mse"] = target
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     tp_lines = ["| shape | backend | ms / step | samples / s |", "|---|---|---|---|"]
     tp_lines += [f"| {r['shape']} | {r['backend']} | {r['ms_per_step']} | {r['samples_per_s']} |" for r in tp]
     (out / "results.md").write_text(_table(results) + "\n" + "\n".join(tp_lines) + "\n")
     with tarfile.open(out / "zoo.tar", "w") as tar:
-        for cell in a.cells.split(","):
+        for cell in cells:
             folder = parse_cell(cell)[2]
             if (out / folder / "zoo").exists():
                 tar.add(out / folder / "zoo", arcname=folder)

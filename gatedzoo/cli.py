@@ -1,8 +1,8 @@
 """The ``gatedzoo`` command.
 
 ``fit | validate | test | predict -c RECIPE.yaml`` run a recipe through LightningCLI (``--print_config``, dotted
-overrides such as ``--trainer.max_epochs 3``); ``list``, ``info`` and ``eval`` work on the zoo; ``ship`` adds trained
-weights to the package's manifest (for maintainers).
+overrides such as ``--trainer.max_epochs 3``); ``list``, ``info`` and ``eval`` work on the zoo; ``tour`` runs the zoo
+tour (:mod:`gatedzoo.tour`); ``ship`` adds trained weights to the package's manifest (for maintainers).
 """
 
 from __future__ import annotations
@@ -42,6 +42,41 @@ def _table(rows: list[tuple], header: tuple) -> str:
     return "\n".join([line(header), line(tuple("-" * w for w in widths)), *map(line, rows)])
 
 
+#: metric names shown first for shipped weights (the test metrics each family documents), in order of preference
+HEADLINE_METRICS = ("eval/top1_test", "eval/top5_test", "test/mse", "test/mae", "test_accuracy_multiclass",
+                    "test_macro_f1_multiclass", "test_accuracy", "test_mcc", "val_masked_loss")
+
+
+def headline_metrics(metrics: dict, n: int = 2) -> dict:
+    """The ``n`` metrics a user compares weights by: documented test metrics first, else the first numeric ones."""
+    keys = [k for k in HEADLINE_METRICS if k in metrics][:n]
+    keys += [k for k, v in metrics.items() if k not in keys and k != "seed" and isinstance(v, (int, float))]
+    return {k: metrics[k] for k in keys[:n]}
+
+
+def _short(text: str, seps: tuple[str, ...] = (" (", ";", ": ")) -> str:
+    for sep in seps:
+        text = text.split(sep)[0]
+    return text.strip()
+
+
+def _arxiv(paper: str) -> str:
+    import re
+
+    ids = re.findall(r"arXiv[: ]?(\d{4}\.\d{4,5})", paper)
+    return f"arXiv {ids[0]}" if ids else _short(paper, (",",))
+
+
+def _model_size(name: str) -> tuple[int, float]:
+    """``(parameters, MB of weight files)`` of ``arch.tag`` (built with its own config) or of a bare ``arch``."""
+    from gatedzoo.zoo import create_model, get_pretrained
+
+    if "." in name:
+        model = create_model(name, pretrained=True)
+        return sum(p.numel() for p in model.parameters()), get_pretrained(name).size_bytes / 1e6
+    return sum(p.numel() for p in create_model(name).parameters()), 0.0
+
+
 def cmd_list(args) -> int:
     from gatedzoo.zoo import get_arch, list_models, model_info
 
@@ -50,26 +85,59 @@ def cmd_list(args) -> int:
         rows = []
         for n in names:
             i = model_info(n)
-            metric = ", ".join(f"{k}={v:.4g}" for k, v in list(i["metrics"].items())[:2])
-            rows.append((n, i["task"], i["data"], metric, f"{i['size_bytes'] / 1e6:.1f} MB"))
-        print(_table(rows, ("weights", "task", "data", "metrics", "size")) if rows else "no pretrained weights match")
+            metric = ", ".join(f"{k}={v:.4g}" for k, v in headline_metrics(i["metrics"]).items())
+            params, mb = _model_size(n)
+            rows.append((n, i["task"], _short(i["data"]), metric, f"{params / 1e6:.2f} M", f"{mb:.1f} MB",
+                         _short(i["license"]), _arxiv(i["paper"])))
+        print(_table(rows, ("weights", "task", "data", "test metrics", "params", "size", "licence", "paper"))
+              if rows else f"no pretrained weights match {args.pattern!r}; see `gatedzoo list --pretrained`")
     else:
-        rows = [(n, get_arch(n).family, get_arch(n).task) for n in names]
-        print(_table(rows, ("architecture", "family", "task")) if rows else "no architectures match")
+        rows = [(n, get_arch(n).family, get_arch(n).task, _arxiv(get_arch(n).paper)) for n in names]
+        print(_table(rows, ("architecture", "family", "task", "paper")) if rows else
+              f"no architectures match {args.pattern!r}; see `gatedzoo list`")
     return 0
 
 
 def cmd_info(args) -> int:
-    from gatedzoo.zoo import create_model, model_info
+    from gatedzoo.zoo import model_info
 
-    info = model_info(args.name)
-    arch = info["architecture"]
-    info["parameters"] = sum(p.numel() for p in create_model(arch).parameters())
+    try:
+        info = model_info(args.name)
+    except KeyError as err:
+        print(f"gatedzoo info: {err.args[0]}", file=sys.stderr)
+        return 2
+    params, mb = _model_size(info["weights"] if "weights" in info else info["architecture"])
+    info["parameters"] = params
+    if "weights" in info:
+        info["size_mb"] = round(mb, 2)
+        info["metrics"] = {**headline_metrics(info["metrics"]), **info["metrics"]}  # what `list` shows comes first
+        info["usage"] = [f"gatedzoo eval {info['weights']} --json",
+                         f"gatedzoo.create_model({info['weights']!r}, pretrained=True)"]
+    else:
+        info["usage"] = [f"gatedzoo.create_model({info['architecture']!r})"] + [
+            f"gatedzoo info {t}" for t in info.get("pretrained", [])]
     if args.json:
         print(json.dumps(info, indent=2, default=str))
-    else:
-        print("\n".join(f"{k:>12}: {v}" for k, v in info.items()))
+        return 0
+    for k, v in info.items():
+        if isinstance(v, dict):
+            v = "\n".join(f"{'':>14}{a}: {b}" for a, b in v.items()).lstrip() if v else "-"
+        elif isinstance(v, list):
+            v = "\n".join(f"{'':>14}{x}" for x in v).lstrip() if v else "-"
+        elif k == "parameters":
+            v = f"{v:,} ({v / 1e6:.2f} M)"
+        print(f"{k:>12}: {v}")
     return 0
+
+
+def cmd_tour(args) -> int:
+    from gatedzoo.tour import main as tour_main
+
+    try:
+        return tour_main(args.families, out=args.out)
+    except (ValueError, FileExistsError) as err:  # bad --families / --out, refused before any work
+        print(f"gatedzoo tour: {err}", file=sys.stderr)
+        return 2
 
 
 def cmd_eval(args) -> int:
@@ -123,10 +191,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("pattern", nargs="?", default="*")
     s.add_argument("--pretrained", action="store_true")
     s.set_defaults(fn=cmd_list)
-    s = sub.add_parser("info", help="task, data, metrics, size, licence and paper of a model")
+    s = sub.add_parser("info", help="task, data, metrics, size, licence, paper, recipe and sha256 of arch or arch.tag")
     s.add_argument("name")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_info)
+    s = sub.add_parser("tour", help="the zoo tour: train, evaluate, load the shipped weights and fine-tune each "
+                                    "family on offline data, then print one summary table")
+    s.add_argument("--families", nargs="+", default=None,
+                   help="families to run (default: all): gateformer gated_swinrmt scfm tchnet (or comma-separated)")
+    s.add_argument("--out", default="runs/tour", help="run folder (replaced on each tour). Default: runs/tour")
+    s.set_defaults(fn=cmd_tour)
     s = sub.add_parser("eval", help="evaluate zoo weights on their dataset or on your file")
     s.add_argument("name", help="arch.tag, local-dir:/path, hf-hub:org/repo or a folder")
     s.add_argument("--data", default=None, help="a file in the dataset's format (default: the weights' own data)")

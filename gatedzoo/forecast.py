@@ -70,7 +70,9 @@ class Forecaster:
         limit_train_batches (int | float, Optional): cap on batches per epoch. Default: `None` (all).
         accelerator (str): Lightning accelerator. Default: ``"auto"``.
         seed (int): random seed. Default: ``0``.
-        id_col, time_col, target_col (str): column names of the long layout. Default: ``unique_id``, ``ds``, ``y``.
+        id_col (str): series-id column of the long layout. Default: ``"unique_id"``.
+        time_col (str): timestamp column of the long layout. Default: ``"ds"``.
+        target_col (str): value column of the long layout. Default: ``"y"``.
     """
 
     def __init__(self, model: str = "gateformer", h: int | None = None, input_size: int | None = None,

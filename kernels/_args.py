@@ -24,7 +24,8 @@ class AttentionArgs:
     """Validated arguments of one attention call (see ``kernels/README.md`` for the maths).
 
     ``packed`` is True for the ``cu_seqlens`` layout, where q, k, v, gate are ``[total, H, D]``.
-    ``gate_kind`` is ``None``, ``"headwise"`` or ``"elementwise"``. ``scale`` is always a float here.
+    ``gate_kind`` is ``None``, ``"headwise"`` or ``"elementwise"``. ``scale`` is always a float here. ``dropout_p``
+    is the attention-probability dropout of this call (0 outside training).
     """
 
     q: torch.Tensor
@@ -43,6 +44,7 @@ class AttentionArgs:
     gate: torch.Tensor | None
     gate_kind: str | None
     packed: bool
+    dropout_p: float = 0.0
 
     @property
     def num_heads(self) -> int:
@@ -114,9 +116,14 @@ def _check_lengths(name: str, t: torch.Tensor, q: torch.Tensor, size: int) -> No
 
 def validate(
     q, k, v, *, activation, scale, sigmoid_bias, alibi_slopes, decay, decay_mode, positions, seq_lens, cu_seqlens,
-    causal, gate, backend,
+    causal, gate, backend, dropout_p=0.0,
 ) -> AttentionArgs:
     """Check every argument of :func:`kernels.attention` and return the normalised :class:`AttentionArgs`."""
+    if not isinstance(dropout_p, (int, float)) or isinstance(dropout_p, bool) or not 0.0 <= dropout_p < 1.0:
+        raise ValueError(
+            f"attention: dropout_p={dropout_p!r} must be a float in [0, 1); pass 0.0 outside training "
+            "(e.g. `dropout_p=self.p if self.training else 0.0`)."
+        )
     if not isinstance(q, torch.Tensor):
         raise TypeError(f"attention: `q` must be a torch.Tensor, got {type(q).__name__}.")
     for name, t in (("k", k), ("v", v)):
@@ -241,5 +248,5 @@ def validate(
     return AttentionArgs(
         q=q, k=k, v=v, activation=activation, scale=scale, sigmoid_bias=sigmoid_bias, alibi_slopes=alibi_slopes,
         decay=decay, decay_mode=decay_mode, positions=positions, seq_lens=seq_lens, cu_seqlens=cu_seqlens,
-        causal=bool(causal), gate=gate, gate_kind=gate_kind, packed=packed,
+        causal=bool(causal), gate=gate, gate_kind=gate_kind, packed=packed, dropout_p=float(dropout_p),
     )

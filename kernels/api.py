@@ -47,9 +47,14 @@ def select_backend(a: AttentionArgs, backend: str) -> str:
         if reason is not None:
             raise ValueError(f"attention: backend='triton' cannot run this call: {reason}. Use backend='auto'.")
         return backend
+    if a.is_plain_softmax:
+        # plain softmax is what PyTorch's fused SDPA kernels (cuDNN / FlashAttention) exist for, and they are
+        # faster than ours on every shape we measured (long sequences and many tiny ones alike, see
+        # benchmarks/NOTES.md); the Triton kernels are for the calls SDPA cannot express
+        return "sdpa"
     if a.q.is_cuda and triton_unsupported_reason(a) is None:
         return "triton"
-    return "sdpa" if a.is_plain_softmax else "reference"
+    return "reference"
 
 
 def attention(
@@ -69,6 +74,7 @@ def attention(
     causal: bool = False,
     gate: torch.Tensor | None = None,
     backend: str = "auto",
+    dropout_p: float = 0.0,
 ) -> torch.Tensor:
     """Sigmoid or softmax attention with positional biases, padding, varlen, GQA and a fused output gate.
 
@@ -94,8 +100,11 @@ def attention(
         causal (bool): mask keys ``j > i`` (top-left aligned when ``T != S``). Default: ``False``.
         gate (Tensor, Optional): output-gate logits ``[B, T, H]`` (headwise) or ``[B, T, H, D]`` (elementwise);
             the output is multiplied by ``sigmoid(gate)``.
-        backend (str): ``"auto"`` (Triton for supported CUDA calls, SDPA for plain softmax, else the
-            reference), ``"triton"``, ``"reference"`` or ``"sdpa"``. Default: ``"auto"``.
+        dropout_p (float): dropout on the attention probabilities (training only: pass 0 in eval), as
+            ``nn.MultiheadAttention``. Runs on SDPA (plain softmax) or the reference; the Triton kernels do not fuse
+            it. Default: ``0.0``.
+        backend (str): ``"auto"`` (SDPA for plain softmax, Triton for the other CUDA calls it supports, else
+            the reference), ``"triton"``, ``"reference"`` or ``"sdpa"``. Default: ``"auto"``.
 
     Returns:
         Tensor shaped and typed like ``q``.
@@ -111,7 +120,7 @@ def attention(
     a = validate(
         q, k, v, activation=activation, scale=scale, sigmoid_bias=sigmoid_bias, alibi_slopes=alibi_slopes,
         decay=decay, decay_mode=decay_mode, positions=positions, seq_lens=seq_lens, cu_seqlens=cu_seqlens,
-        causal=causal, gate=gate, backend=backend,
+        causal=causal, gate=gate, backend=backend, dropout_p=dropout_p,
     )
     chosen = select_backend(a, backend)
     if chosen == "triton":

@@ -81,6 +81,8 @@ def _padded_reference(
 
     if return_probs:
         return p * query_valid[:, None, :, None]
+    if a.dropout_p > 0:
+        p = F.dropout(p, a.dropout_p)  # on the probabilities, as nn.MultiheadAttention and SDPA do
     out = torch.einsum("bhts,bshd->bthd", p, vf)
     out = out * query_valid[:, :, None, None]
     if a.gate is not None:
@@ -140,6 +142,6 @@ def sdpa_attention(a: AttentionArgs) -> torch.Tensor:
     """Plain softmax through ``torch.nn.functional.scaled_dot_product_attention`` (causal is top-left aligned)."""
     q, k, v = (t.transpose(1, 2) for t in (a.q, a.k, a.v))
     out = F.scaled_dot_product_attention(
-        q, k, v, is_causal=a.causal, scale=a.scale, enable_gqa=a.num_heads != a.num_kv_heads
+        q, k, v, is_causal=a.causal, scale=a.scale, enable_gqa=a.num_heads != a.num_kv_heads, dropout_p=a.dropout_p
     )
     return out.transpose(1, 2)

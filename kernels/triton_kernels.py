@@ -565,18 +565,19 @@ CONFIGS = {
     ("fwd", "s16"): [_cfg(16, 16, 2, 1)],
     ("fwd", "s64"): [_cfg(64, 64, 4, 1)],
     ("fwd", "d64"): [_cfg(128, 64, 4, 3)],
-    ("fwd", "d128"): [_cfg(128, 128, 8, 3)],
+    # sweep of 2026-11-22 (benchmarks/NOTES.md, v3): 128x64 beat 128x128 by 8% at N = 1024 and 16384
+    ("fwd", "d128"): [_cfg(128, 64, 8, 3)],
     ("fwd", "d256"): [_cfg(64, 64, 4, 2)],
     ("dkdv", "s16"): [_cfg(16, 16, 2, 1)],
     ("dkdv", "s64"): [_cfg(64, 64, 4, 1)],
-    # v0's autotuned list beat the single (64, 128, 8, 2) at D=64 (272 vs 223 TFLOPS at N=1024): keep the choice
-    ("dkdv", "d64"): [_cfg(64, 64, 4, 3), _cfg(32, 128, 4, 3), _cfg(64, 128, 8, 2)],
-    ("dkdv", "d128"): [_cfg(64, 128, 8, 2)],
+    # autotuned: v0's list beat one (64, 128, 8, 2) at D=64 (272 vs 223 TFLOPS, N=1024); 128x128 won the v3 sweep
+    ("dkdv", "d64"): [_cfg(64, 64, 4, 3), _cfg(32, 128, 4, 3), _cfg(64, 128, 8, 2), _cfg(128, 128, 8, 2)],
+    ("dkdv", "d128"): [_cfg(64, 128, 8, 3)],  # three stages: 13.3 vs 16.8 ms at N = 16384 (v3 sweep)
     ("dkdv", "d256"): [_cfg(32, 64, 4, 1)],
     ("dq", "s16"): [_cfg(16, 16, 2, 1)],
     ("dq", "s64"): [_cfg(64, 64, 4, 1)],
     ("dq", "d64"): [_cfg(128, 64, 8, 2)],
-    ("dq", "d128"): [_cfg(128, 64, 8, 2)],
+    ("dq", "d128"): [_cfg(128, 64, 8, 3)],
     ("dq", "d256"): [_cfg(64, 32, 4, 1)],
     # float32 tiles take twice the shared memory: the 16-bit d128 choices need 256-448 KB, over the 227 KB limit
     ("fwd", "d128-f32"): [_cfg(64, 64, 4, 2)],

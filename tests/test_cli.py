@@ -35,7 +35,7 @@ data:
 def test_console_script_help_lists_every_command():
     exe = Path(sys.executable).parent / "gatedzoo"
     out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, check=True).stdout
-    for cmd in ("fit", "validate", "test", "predict", "list", "info", "eval"):
+    for cmd in ("fit", "validate", "test", "predict", "list", "info", "eval", "tour"):
         assert cmd in out
 
 
@@ -107,3 +107,65 @@ def test_dotted_model_args_override_is_typed(tmp_path, monkeypatch):
 
     cli = run_lightning(["fit", "-c", "toy.yaml", "--model.init_args.model_args.num_classes", "3"], run=False)
     assert cli.model.model.head.out_features == 3
+
+
+def _manifest() -> dict:
+    from gatedzoo.zoo.registry import MANIFEST
+
+    return json.loads(MANIFEST.read_text())
+
+
+def test_list_pretrained_shows_what_a_user_chooses_by(capsys):
+    assert main(["list", "--pretrained"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["weights", "task", "data", "test", "metrics", "params", "size", "licence", "paper"]
+    rows = {line.split()[0]: line for line in lines[2:]}
+    assert set(rows) == set(_manifest())  # every shipped weight, one row each
+    for name, entry in _manifest().items():
+        assert f"{entry['size_bytes'] / 1e6:.1f} MB" in rows[name] and "arXiv" in rows[name], rows[name]
+        assert "seed=" not in rows[name]  # bookkeeping entries never pass for metrics
+    # the documented test metrics lead, formatted from the manifest
+    assert "test/mse=0.3876, test/mae=0.4013" in rows["gateformer.etth1_96"]
+    assert "test_accuracy=0.8162, test_mcc=0.6557" in rows["tchnet.nslkdd_binary"]
+    assert "test_accuracy_multiclass=0.8067" in rows["tchnet.nslkdd_5class"]
+    # parameters are counted on each tag's own configuration, not the architecture's defaults
+    assert rows["gateformer.etth1_96"].split()[-7] != rows["gateformer.etth1_336"].split()[-7]
+
+
+def test_list_pretrained_filters_by_architecture(capsys):
+    assert main(["list", "--pretrained", "tchnet"]) == 0
+    out = capsys.readouterr().out
+    assert "tchnet.nslkdd_binary" in out and "tchnet.nslkdd_5class" in out and "gateformer" not in out
+    assert main(["list", "--pretrained", "nothing_like_this"]) == 0
+    assert "no pretrained weights match" in capsys.readouterr().out
+
+
+def test_info_of_a_tag_gives_task_data_size_licence_paper_recipe_sha(capsys):
+    name = "tchnet.nslkdd_binary"
+    entry = _manifest()[name]
+    assert main(["info", name, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["task"] == "flow_classification" and info["data"] == entry["data"]
+    assert info["sha256"] == entry["sha256"] and info["size_mb"] == round(entry["size_bytes"] / 1e6, 2)
+    assert (ROOT / info["recipe"]).is_file() and info["license"].startswith("Apache-2.0") and "arXiv" in info["paper"]
+    assert list(info["metrics"])[:2] == ["test_accuracy", "test_mcc"]
+    # float32 weights: 4 bytes a parameter, plus buffers and config.json (a few %)
+    assert 0.9 < info["parameters"] * 4 / entry["size_bytes"] < 1.05
+    assert info["usage"][0] == f"gatedzoo eval {name} --json"
+
+
+def test_info_of_an_architecture_lists_its_weights_and_text_output(capsys):
+    assert main(["info", "gateformer", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["pretrained"] == sorted(n for n in _manifest() if n.startswith("gateformer."))
+    assert info["parameters"] > 0 and "sha256" not in info
+    assert main(["info", "gateformer.etth1_96"]) == 0
+    text = capsys.readouterr().out
+    sha = _manifest()["gateformer.etth1_96"]["sha256"]["model.safetensors"]
+    assert f"model.safetensors: {sha}" in text and "recipes/gateformer/etth1_96.yaml" in text
+
+
+def test_info_of_an_unknown_name_is_a_clear_error(capsys):
+    assert main(["info", "gatefromer.etth1_96"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown architecture 'gatefromer'" in err and "gatedzoo list" in err

@@ -198,7 +198,8 @@ class FashionMNISTDataModule(_ImageDataModule):
     Args:
         root (str, Optional): folder with the four IDX ``.gz`` files. Default: ``$GATEDZOO_DATA/fashion_mnist`` or
             the Debian package's ``/usr/share/datasets/fashion-mnist``.
-        batch_size (int): Default: ``128``. num_workers (int): Default: ``2``.
+        batch_size (int): loader batch size. Default: ``128``.
+        num_workers (int): loader worker processes. Default: ``2``.
         val_size (int): validation images taken from the train set. Default: ``5000``.
         input_size (list[int]): ``[C, H, W]`` fed to the model; ``C=3`` replicates the grey channel. Default:
             ``[1, 28, 28]``.
@@ -240,8 +241,13 @@ class CIFAR10DataModule(_ImageDataModule):
     Args:
         root (str, Optional): folder holding ``cifar-10-batches-py/``. Default: ``$GATEDZOO_DATA/cifar10``.
         download (bool): download through torchvision when the files are missing (needs the network). Default: `True`.
-        batch_size, num_workers, val_size, input_size (default ``[3, 32, 32]``), augment, limit, seed: as
-            :class:`FashionMNISTDataModule`.
+        batch_size (int): as :class:`FashionMNISTDataModule`. Default: ``128``.
+        num_workers (int): as :class:`FashionMNISTDataModule`. Default: ``2``.
+        val_size (int): training images held out for validation. Default: ``5000``.
+        input_size (list[int]): ``[C, H, W]``. Default: ``[3, 32, 32]``.
+        augment (str): as :class:`FashionMNISTDataModule`. Default: ``"basic"``.
+        limit (int, Optional): as :class:`FashionMNISTDataModule`. Default: `None`.
+        seed (int): as :class:`FashionMNISTDataModule`. Default: ``0``.
     """
 
     label_names = CIFAR10_LABELS
@@ -341,12 +347,17 @@ class ImageFolderDataModule(_ImageDataModule):
     Args:
         root (str): the folder.
         input_size (list[int]): ``[C, H, W]`` for the model (use the pretrained model's). Default: ``[3, 224, 224]``.
-        mean, std (list[float], Optional): normalisation. Default: ImageNet's (RGB) or Fashion-MNIST's (grey).
+        mean (list[float], Optional): normalisation mean. Default: ImageNet's (RGB) or Fashion-MNIST's (grey).
+        std (list[float], Optional): normalisation std. Default: ImageNet's (RGB) or Fashion-MNIST's (grey).
         val_fraction (float): share of images held out for validation/test when there is no ``val`` folder.
             Default: ``0.2``.
         augment (str): ``"timm"`` (default for natural images), ``"basic"`` or ``"none"``.
         skip_unreadable (bool): leave unreadable files out (with a warning) instead of refusing. Default: `False`.
-        batch_size, num_workers, seed, interpolation, crop_pct: loader and transform settings.
+        batch_size (int): loader batch size. Default: ``64``.
+        num_workers (int): loader worker processes. Default: ``2``.
+        seed (int): seed of the validation split. Default: ``0``.
+        interpolation (str): resize interpolation. Default: ``"bicubic"``.
+        crop_pct (float): centre-crop share at evaluation. Default: ``0.875``.
     """
 
     training_data = "image_folder"

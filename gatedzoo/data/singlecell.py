@@ -444,7 +444,10 @@ class _Collate:
     def __call__(self, items):
         if self.rng is None:
             info = torch.utils.data.get_worker_info()
-            self.rng = np.random.default_rng(self.seed + (info.id + 1 if info else 0))
+            dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+            # ranks get their own masking streams (one process: the seeds of a single-GPU run, unchanged)
+            rank = torch.distributed.get_rank() if dist else 0
+            self.rng = np.random.default_rng(self.seed + (info.id + 1 if info else 0) + 7919 * rank)
         return collate_cells(items, generator=self.rng, **self.kw)
 
 

@@ -58,6 +58,9 @@ class MultiheadAttention(nn.Module):
         context_dim (int, Optional): width of ``context`` for cross-attention. Default: ``dim``.
         bias (bool): biases in the q/k/v/output projections. Default: `True`.
         backend (str): passed to :func:`gatedzoo.kernels.attention`. Default: ``"auto"``.
+        attn_drop (float): dropout on the attention probabilities while training (``nn.MultiheadAttention``'s
+            ``dropout``). Non-zero keeps calls off the Triton kernels (SDPA runs plain softmax, the reference the
+            rest). Default: ``0.0``.
     """
 
     def __init__(
@@ -79,8 +82,12 @@ class MultiheadAttention(nn.Module):
         context_dim: int | None = None,
         bias: bool = True,
         backend: str = "auto",
+        attn_drop: float = 0.0,
     ):
         super().__init__()
+        if not 0.0 <= attn_drop < 1.0:
+            raise ValueError(f"MultiheadAttention: attn_drop={attn_drop} must be in [0, 1).")
+        self.attn_drop = attn_drop
         kv_heads = num_heads if kv_heads is None else kv_heads
         self._check_flags(dim, num_heads, kv_heads, head_dim, activation, gate, alibi, decay, sigmoid_bias, value_gate)
         self.num_heads, self.kv_heads = num_heads, kv_heads
@@ -178,7 +185,7 @@ class MultiheadAttention(nn.Module):
         ``causal`` are passed to the core (see :func:`gatedzoo.kernels.attention`).
         """
         q, k, v, gate = self._project(x, context)
-        out = attention(q, k, v, gate=gate, backend=self.backend,
+        out = attention(q, k, v, gate=gate, backend=self.backend, dropout_p=self.attn_drop if self.training else 0.0,
                         **self._core_kwargs(seq_lens, cu_seqlens, positions, causal))
         return self.out_proj(out.reshape(*out.shape[:-2], -1))
 

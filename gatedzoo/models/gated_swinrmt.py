@@ -292,6 +292,7 @@ class GatedSwinRMT(ZooMixin, nn.Module):
     """
 
     zoo_adaptable = ("head",)
+    zoo_input_convs = ("stem.conv.0.weight",)  # adapted when in_chans differs from the weights' (grey <-> RGB)
 
     def __init__(self, img_size=224, in_chans: int = 3, num_classes: int = 1000, mixer: str = "swat",
                  embed_dims=(64, 128, 256, 512), depths=(2, 2, 8, 2), num_heads=(4, 4, 8, 16),

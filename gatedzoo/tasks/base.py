@@ -76,6 +76,11 @@ class ZooTask(L.LightningModule):
     def forward(self, *args, **kwargs):
         return self.model(*args, **kwargs)
 
+    def configure_model(self) -> None:
+        # called before a sharding strategy wraps the model: FSDP (use_orig_params) turns every parameter into a
+        # flat 1-D shard, so the weight-decay split below must use the shapes recorded here
+        self._param_ndim = {name: p.ndim for name, p in self.model.named_parameters()}
+
     def on_fit_start(self) -> None:
         # the data module knows the preprocessing (scalers, vocabularies, label names) that must travel with weights
         dm = getattr(self.trainer, "datamodule", None)
@@ -85,9 +90,10 @@ class ZooTask(L.LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         decay, no_decay = [], []
+        ndim = getattr(self, "_param_ndim", {})
         for name, p in self.model.named_parameters():
             if p.requires_grad:
-                (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+                (no_decay if ndim.get(name, p.ndim) <= 1 or name.endswith(".bias") else decay).append(p)
         opt = torch.optim.AdamW(
             [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=hp.lr
         )
@@ -111,12 +117,72 @@ class ZooTask(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
+def is_sharded(trainer: L.Trainer) -> bool:
+    """Whether the trainer's strategy shards parameters across ranks (FSDP), so no rank holds the full model."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    return isinstance(trainer.strategy, FSDPStrategy)
+
+
+def gather_cat(module: L.LightningModule, t: torch.Tensor) -> torch.Tensor:
+    """Concatenate a per-rank tensor ``[n_r, ...]`` over all ranks (rank order), as a CPU tensor.
+
+    Ranks may hold different ``n_r`` (padded for the collective, trimmed after). With one process, ``t`` comes back
+    unchanged. Every rank must call it (a collective), e.g. in ``on_validation_epoch_end``.
+    """
+    if module.trainer.world_size == 1:
+        return t.cpu()
+    n = torch.tensor([len(t)], device=module.device)
+    sizes = module.all_gather(n).flatten().tolist()
+    pad = int(max(sizes)) - len(t)
+    t = torch.cat([t.to(module.device), t.new_zeros((pad, *t.shape[1:])).to(module.device)])
+    g = module.all_gather(t)  # [world, max n_r, ...]
+    return torch.cat([g[r, : int(k)] for r, k in enumerate(sizes)]).cpu()
+
+
+def full_model_state(trainer: L.Trainer, pl_module: ZooTask, best: bool = True) -> dict[str, torch.Tensor] | None:
+    """The full (unsharded) state dict of ``pl_module.model`` on rank 0; `None` on the other ranks.
+
+    ``best``: read the best checkpoint of the first ``ModelCheckpoint`` when it is a file (DDP and FSDP with the
+    default ``state_dict_type="full"`` write one consolidated file); otherwise gather the live weights through the
+    strategy (a collective under FSDP: every rank must call this function).
+    """
+    ckpt = trainer.checkpoint_callback
+    path = ckpt.best_model_path if best and ckpt is not None else ""
+    if path and os.path.isfile(path):
+        if not trainer.is_global_zero:
+            return None
+        state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    else:
+        state = trainer.strategy.lightning_module_state_dict()
+        if not trainer.is_global_zero:
+            return None
+        if any(hasattr(v, "device_mesh") or hasattr(v, "local_shards") for v in state.values()):
+            raise ValueError("the strategy returned a sharded state dict; zoo weights need the full one: use "
+                             "FSDPStrategy(state_dict_type='full'), Lightning's default.")
+    return {k[len("model."):]: v.detach().cpu() for k, v in state.items() if k.startswith("model.")}
+
+
+def unsharded_copy(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+    """A plain (unsharded) copy of a zoo model, rebuilt from its ``zoo_config`` and loaded with ``state``."""
+    cfg = zoo_config(model)
+    copy = create_model(cfg["architecture"], **cfg.get("model_args", {}))
+    copy.load_state_dict(state)
+    copy.zoo_config = {**cfg}
+    return copy
+
+
 class SaveZooWeights(L.Callback):
     """At the end of fitting, write the trained model as zoo weights (``model.safetensors`` + ``config.json``).
 
+    Written once, by rank 0, as a full (unsharded) state dict, also under FSDP; the folder loads with
+    ``create_model(folder)`` on one CPU. Without sharding, the best checkpoint is also loaded into the module on
+    every rank (a later ``trainer.test`` then sees the kept weights).
+
     Args:
         dirpath (str): output folder. Default: ``<trainer.log_dir>/zoo``.
-        best (bool): reload the best checkpoint of the first ``ModelCheckpoint`` before saving. Default: `True`.
+        best (bool): save the best checkpoint of the first ``ModelCheckpoint`` (else the final weights).
+            Default: `True`.
         extra (dict, Optional): entries merged into the config (data, recipe, licence, ...). Default: `None`.
     """
 
@@ -125,12 +191,14 @@ class SaveZooWeights(L.Callback):
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: ZooTask) -> None:
         ckpt = trainer.checkpoint_callback
-        if self.best and ckpt is not None and ckpt.best_model_path and os.path.exists(ckpt.best_model_path):
+        if (not is_sharded(trainer) and self.best and ckpt is not None and ckpt.best_model_path
+                and os.path.isfile(ckpt.best_model_path)):
             state = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=False)["state_dict"]
             pl_module.load_state_dict(state)
+        model_state = full_model_state(trainer, pl_module, best=self.best)
         if trainer.is_global_zero:
             out = Path(self.dirpath or Path(trainer.log_dir or ".") / "zoo")
             metrics = {
                 k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1
             }
-            pl_module.model.save_pretrained(out, metrics=metrics, **self.extra)
+            pl_module.model.save_pretrained(out, metrics=metrics, state_dict=model_state, **self.extra)

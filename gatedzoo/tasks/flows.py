@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .base import TEST_LOSS, TRAIN_LOSS, VAL_LOSS, ZooTask, register_evaluator
+from .base import TEST_LOSS, TRAIN_LOSS, VAL_LOSS, ZooTask, gather_cat, register_evaluator
 
 log = logging.getLogger("gatedzoo")
 
@@ -185,18 +185,19 @@ class FlowClassification(ZooTask):
     def _log_metrics(self, split: str) -> None:
         if not self._val:
             return
-        y = torch.cat([a for a, _ in self._val]).numpy()
-        p = torch.cat([b for _, b in self._val]).numpy()
+        # each rank scored its shard of the table: gather before the (non-additive) F1 / MCC / ROC-AUC
+        y = gather_cat(self, torch.cat([a for a, _ in self._val])).numpy()
+        p = gather_cat(self, torch.cat([b for _, b in self._val])).numpy()
         self._val.clear()
         m = flow_metrics(y, p)
-        self.log(f"{split}/acc", m["accuracy"], prog_bar=True)
-        self.log(f"{split}/f1", m["f1_attack"], prog_bar=True)
-        self.log(f"{split}/mcc", m["mcc"])
+        self.log(f"{split}/acc", m["accuracy"], prog_bar=True, sync_dist=True)
+        self.log(f"{split}/f1", m["f1_attack"], prog_bar=True, sync_dist=True)
+        self.log(f"{split}/mcc", m["mcc"], sync_dist=True)
         if "roc_auc" in m:
-            self.log(f"{split}/roc_auc", m["roc_auc"])
+            self.log(f"{split}/roc_auc", m["roc_auc"], sync_dist=True)
         if "accuracy_multiclass" in m:
-            self.log(f"{split}/acc5", m["accuracy_multiclass"])
-            self.log(f"{split}/macro_f1", m["macro_f1_multiclass"])
+            self.log(f"{split}/acc5", m["accuracy_multiclass"], sync_dist=True)
+            self.log(f"{split}/macro_f1", m["macro_f1_multiclass"], sync_dist=True)
 
     def predict_step(self, batch, batch_idx):
         x, c = batch[0], batch[1]

@@ -15,7 +15,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import TEST_LOSS, TRAIN_LOSS, VAL_LOSS, SaveZooWeights, ZooTask, register_evaluator
+from .base import (
+    TEST_LOSS,
+    TRAIN_LOSS,
+    VAL_LOSS,
+    SaveZooWeights,
+    ZooTask,
+    full_model_state,
+    is_sharded,
+    register_evaluator,
+    unsharded_copy,
+)
 
 log = logging.getLogger("gatedzoo")
 
@@ -115,13 +125,21 @@ class Forecasting(ZooTask):
     def on_fit_end(self) -> None:
         if not self.hparams.test_after_fit or self.trainer.datamodule is None:
             return
-        ckpt = self.trainer.checkpoint_callback
-        if ckpt is not None and getattr(ckpt, "best_model_path", "") and Path(ckpt.best_model_path).exists():
-            state = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=False)["state_dict"]
-            self.load_state_dict(state)
-        m = evaluate(self.model, self.trainer.datamodule.test_dataloader(), self.device)
+        model = self.model
+        if is_sharded(self.trainer):
+            # FSDP: no rank holds the whole model; rank 0 evaluates a plain copy with the gathered weights
+            state = full_model_state(self.trainer, self, best=True)
+            if not self.trainer.is_global_zero:
+                return
+            model = unsharded_copy(self.model, state).to(self.device)
+        else:
+            ckpt = self.trainer.checkpoint_callback
+            if ckpt is not None and getattr(ckpt, "best_model_path", "") and Path(ckpt.best_model_path).is_file():
+                state = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=False)["state_dict"]
+                self.load_state_dict(state)
+        m = evaluate(model, self.trainer.datamodule.test_dataloader(), self.device)
         # the validation metrics of the weights actually kept (callback_metrics hold the last epoch's)
-        v = evaluate(self.model, self.trainer.datamodule.val_dataloader(), self.device)
+        v = evaluate(model, self.trainer.datamodule.val_dataloader(), self.device)
         self.test_metrics = {TEST_MSE: m["mse"], TEST_MAE: m["mae"], VAL_MSE: v["mse"], VAL_MAE: v["mae"],
                              VAL_LOSS: v["mse"]}
         if not self.trainer.is_global_zero:
@@ -136,7 +154,7 @@ class Forecasting(ZooTask):
                 cfg_path = out / "config.json"
                 old = json.loads(cfg_path.read_text()).get("metrics", {}) if cfg_path.exists() else {}
                 rest = {k: val for k, val in old.items() if k not in self.test_metrics}  # e.g. the last train loss
-                self.model.save_pretrained(out, metrics={**self.test_metrics, **rest}, **cb.extra)
+                model.save_pretrained(out, metrics={**self.test_metrics, **rest}, **cb.extra)
 
 
 @register_evaluator("forecasting")

@@ -18,7 +18,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 
 from gatedzoo.zoo import create_model
 
-from .base import TEST_LOSS, TRAIN_LOSS, VAL_LOSS, ZooTask, register_evaluator
+from .base import TEST_LOSS, TRAIN_LOSS, VAL_LOSS, ZooTask, gather_cat, register_evaluator
 
 log = logging.getLogger("gatedzoo")
 
@@ -158,12 +158,14 @@ class CellTypeClassification(_SingleCellTask):
             return
         from sklearn.metrics import f1_score
 
-        p, t = torch.cat(self._val_pred).numpy(), torch.cat(self._val_true).numpy()
+        # every rank holds its shard of the validation cells: gather them so accuracy and macro-F1 are global
+        p = gather_cat(self, torch.cat(self._val_pred)).numpy()
+        t = gather_cat(self, torch.cat(self._val_true)).numpy()
         keep = t >= 0
         self._val_pred, self._val_true = [], []
         if keep.any():
-            self.log(VAL_CELL_ACC, float((p[keep] == t[keep]).mean()), prog_bar=True)
-            self.log(VAL_MACRO_F1, float(f1_score(t[keep], p[keep], average="macro")))
+            self.log(VAL_CELL_ACC, float((p[keep] == t[keep]).mean()), prog_bar=True, sync_dist=True)
+            self.log(VAL_MACRO_F1, float(f1_score(t[keep], p[keep], average="macro")), sync_dist=True)
 
     def predict_step(self, batch, batch_idx):
         return torch.softmax(self._logits(batch).float(), dim=-1)
@@ -301,6 +303,13 @@ def evaluate_cell_type(model, data: str | None = None, split: str = "test") -> d
     return {"acc": float((pred == true).mean()), "macro_f1": float(f1_score(true, pred, average="macro"))}
 
 
+def _flat_indices(nested) -> list[int]:
+    """Flatten Lightning's per-dataloader / per-batch lists of sample indices."""
+    if isinstance(nested, (list, tuple)):
+        return [i for item in nested for i in _flat_indices(item)]
+    return [int(nested)]
+
+
 class EmbeddingWriter(BasePredictionWriter):
     """Writes the predict-loop output (embeddings or probabilities) of a single-dataset data module.
 
@@ -313,8 +322,29 @@ class EmbeddingWriter(BasePredictionWriter):
         super().__init__(write_interval="epoch")
         self.output, self.key = Path(output), key
 
+    def on_predict_start(self, trainer: L.Trainer, pl_module) -> None:
+        # an .h5ad needs one row per cell: a truncated predict loop would fail only after all the work
+        if self.output.suffix != ".npy" and trainer.limit_predict_batches not in (1.0, None):
+            raise ValueError(
+                f"EmbeddingWriter: --trainer.limit_predict_batches {trainer.limit_predict_batches} predicts only part "
+                f"of the cells, but {self.output.name} needs one row per cell. Drop the limit, or write a .npy "
+                "(--trainer.callbacks.output emb.npy) for a partial run."
+            )
+
     def write_on_epoch_end(self, trainer: L.Trainer, pl_module, predictions, batch_indices) -> None:
-        arr = torch.cat(list(predictions)).numpy()
+        arr = torch.cat(list(predictions))
+        if trainer.world_size > 1:
+            # each rank predicted a disjoint part of the cells (Lightning's unrepeated sampler): gather every row
+            # with its dataset index, put them back in dataset order, and write once, on rank 0
+            idx = torch.as_tensor(_flat_indices(batch_indices), dtype=torch.int64)
+            if len(idx) != len(arr):
+                raise RuntimeError("EmbeddingWriter: the predict loop gave no batch indices to order the rows of "
+                                   "several ranks; predict with --trainer.devices 1.")
+            arr, idx = gather_cat(pl_module, arr), gather_cat(pl_module, idx)
+            if not trainer.is_global_zero:
+                return
+            arr = arr[torch.argsort(idx)]
+        arr = arr.numpy()
         self.output.parent.mkdir(parents=True, exist_ok=True)
         if self.output.suffix == ".npy":
             np.save(self.output, arr)

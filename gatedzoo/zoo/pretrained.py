@@ -52,9 +52,11 @@ def zoo_config(model: nn.Module) -> dict:
     return cfg
 
 
-def save_pretrained(model: nn.Module, directory: str | os.PathLike, **extra) -> Path:
+def save_pretrained(model: nn.Module, directory: str | os.PathLike, *, state_dict: dict | None = None,
+                    **extra) -> Path:
     """Write ``model.safetensors`` + ``config.json`` into ``directory`` (atomically, file by file).
 
+    ``state_dict`` replaces ``model.state_dict()`` (the full weights gathered from a sharded, e.g. FSDP, run).
     ``extra`` entries (e.g. ``metrics=...``) are merged into the config. Returns the folder.
     """
     directory = Path(directory)
@@ -63,7 +65,8 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, **extra) -> 
         cfg["init_args"] = model.zoo_init_args
     if "architecture" not in cfg:
         raise ValueError("save_pretrained: the model has no zoo_config['architecture']; build it with create_model().")
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    own = model.state_dict() if state_dict is None else state_dict
+    state = {k: v.detach().contiguous().cpu() for k, v in own.items()}
     with atomic_path(directory / WEIGHTS_NAME) as tmp:
         save_file(state, str(tmp), metadata={"architecture": cfg["architecture"]})
     write_json(directory / CONFIG_NAME, cfg)
@@ -126,23 +129,44 @@ def _read_config(folder: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """Adapt a first-layer conv weight ``[out, c, *k]`` to ``in_chans`` input channels, as timm does.
+
+    Going to one channel sums the input channels (a grey image seen as equal R, G, B gives the same response);
+    otherwise the channels are tiled and scaled by ``c / in_chans``, so that (exactly when ``in_chans`` is a multiple
+    of ``c``) an image replicated over the new channels gives the same pre-activation as the original. Returns a new
+    tensor of ``weight``'s dtype.
+    """
+    c = weight.shape[1]
+    if in_chans == 1:
+        return weight.sum(dim=1, keepdim=True)
+    reps = -(-in_chans // c)
+    return weight.repeat(1, reps, *([1] * (weight.dim() - 2)))[:, :in_chans] * (c / in_chans)
+
+
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], strict: bool = True) -> list[str]:
     """Load ``state`` into ``model``; keys under ``model.zoo_adaptable`` prefixes whose shapes changed are skipped.
 
-    Returns the skipped (re-initialised) keys. Any other missing, unexpected or mis-shaped key raises when
-    ``strict``.
+    First-layer conv weights named in ``model.zoo_input_convs`` adapt to a different number of input channels
+    (:func:`adapt_input_conv`). Returns the skipped (re-initialised) keys. Any other missing, unexpected or mis-shaped
+    key raises when ``strict``.
     """
     own = model.state_dict()
     adaptable = tuple(getattr(model, "zoo_adaptable", ()))
+    input_convs = tuple(getattr(model, "zoo_input_convs", ()))
     skipped, kept = [], {}
     for k, v in state.items():
         if k in own and own[k].shape != v.shape:
+            if k in input_convs and own[k].shape[:1] + own[k].shape[2:] == v.shape[:1] + v.shape[2:]:
+                kept[k] = adapt_input_conv(v, own[k].shape[1])
+                continue
             if k.startswith(adaptable):
                 skipped.append(k)
                 continue
             raise ValueError(
                 f"weights do not fit: {k} is {list(v.shape)} in the checkpoint but {list(own[k].shape)} in the model. "
-                "Only the head adapts to overrides; keep the other architecture arguments of the checkpoint."
+                "Only the head (and an image model's input channels) adapts to overrides; keep the other architecture "
+                "arguments of the checkpoint."
             )
         kept[k] = v
     missing, unexpected = model.load_state_dict(kept, strict=False)
@@ -224,6 +248,6 @@ class ZooMixin:
 
         cls.__init__ = recording_init
 
-    def save_pretrained(self, directory: str | os.PathLike, **extra) -> Path:
+    def save_pretrained(self, directory: str | os.PathLike, *, state_dict: dict | None = None, **extra) -> Path:
         """Write ``model.safetensors`` + ``config.json`` (see :func:`save_pretrained`)."""
-        return save_pretrained(self, directory, **extra)
+        return save_pretrained(self, directory, state_dict=state_dict, **extra)

@@ -229,3 +229,12 @@ def test_compiles_without_graph_breaks():
     want = torch.autograd.grad(fn(**grads), list(grads.values()))
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w)
+
+
+@pytest.mark.parametrize("name", ["combo_softmax", "gate_head"])
+def test_custom_op_path_matches_reference(name, monkeypatch):
+    """Eager calls skip the dispatcher (autograd.Function); the custom op that torch.compile takes must agree too."""
+    from gatedzoo.kernels import autograd
+
+    monkeypatch.setattr(autograd, "EAGER_CUSTOM_OP", True)
+    check(CASES[name], torch.float32)

@@ -173,3 +173,17 @@ def test_timm_pretrained_loads_shipped_weights_and_adapts():
         torch.testing.assert_close(head.eval().forward_features(x), ours.forward_features(x))
         rgb = timm.create_model("gated_swinrmt_swat_tiny", pretrained=True, in_chans=3).eval()
         torch.testing.assert_close(rgb(x.repeat(1, 3, 1, 1)), ours(x), atol=2e-3, rtol=1e-3)  # w/3 rounding
+
+
+def test_zoo_create_model_adapts_the_stem_to_rgb():
+    """`create_model(weights, in_chans=3)` adapts the grey stem: an RGB copy of a grey image scores the same."""
+    _shipped(SHIPPED[0])
+    grey = gatedzoo.create_model(SHIPPED[0], pretrained=True).eval()
+    rgb = gatedzoo.create_model(SHIPPED[0], pretrained=True, in_chans=3).eval()
+    assert rgb.stem.in_chans == 3 and rgb.zoo_config["adapted_from"]["changed"]["in_chans"] == [1, 3]
+    x, _ = fmnist_batch(4)
+    with torch.no_grad():
+        torch.testing.assert_close(rgb(x.repeat(1, 3, 1, 1)), grey(x), atol=2e-3, rtol=1e-3)
+    back = gatedzoo.create_model(SHIPPED[0], pretrained=True, in_chans=2).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(back(x.repeat(1, 2, 1, 1)), grey(x), atol=2e-3, rtol=1e-3)

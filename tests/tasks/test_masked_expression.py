@@ -104,3 +104,15 @@ def test_embed_cells_is_deterministic(p68_cells):
     a = embed_cells(m, p68_cells.subset(range(20)), max_genes=32)
     b = embed_cells(m, p68_cells.subset(range(20)), max_genes=32, batch_size=7)
     assert np.allclose(a, b, atol=1e-5)
+
+
+def test_embedding_writer_refuses_a_truncated_h5ad_run_up_front():
+    from types import SimpleNamespace
+
+    from gatedzoo.tasks.masked_expression import EmbeddingWriter
+
+    partial = SimpleNamespace(limit_predict_batches=2)
+    with pytest.raises(ValueError, match="limit_predict_batches 2 predicts only part"):
+        EmbeddingWriter("runs/x.h5ad").on_predict_start(partial, None)
+    EmbeddingWriter("runs/x.npy").on_predict_start(partial, None)  # an array of the predicted rows is fine
+    EmbeddingWriter("runs/x.h5ad").on_predict_start(SimpleNamespace(limit_predict_batches=1.0), None)

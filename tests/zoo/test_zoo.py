@@ -152,7 +152,7 @@ def test_head_adapts_and_is_logged(saved, caplog):
 
 def test_non_head_mismatch_and_strictness(saved, tmp_path):
     _, folder = saved
-    with pytest.raises(ValueError, match="Only the head adapts"):
+    with pytest.raises(ValueError, match=r"Only the head \(and an image model.s input channels\) adapts"):
         create_model(str(folder), dim=32)
     other = create_model("toy_attention_classifier", dim=16, activation="softmax")
     other.save_pretrained(tmp_path / "other")
@@ -268,3 +268,15 @@ def test_public_api_is_pinned():
         "AttentionArgs", "attention", "attention_probs", "attention_reference", "distance_matrix", "select_backend",
         "triton_unsupported_reason", "validate",
     ])
+
+
+def test_adapt_input_conv_keeps_the_response_to_replicated_channels():
+    from gatedzoo.zoo.pretrained import adapt_input_conv
+
+    w = torch.randn(8, 3, 3, 3, dtype=torch.float64)
+    x = torch.randn(2, 1, 9, 9, dtype=torch.float64)
+    conv = lambda inp, weight: torch.nn.functional.conv2d(inp, weight)  # noqa: E731
+    want = conv(x.repeat(1, 3, 1, 1), w)
+    torch.testing.assert_close(conv(x, adapt_input_conv(w, 1)), want)          # RGB weights, grey input
+    torch.testing.assert_close(conv(x.repeat(1, 6, 1, 1), adapt_input_conv(w, 6)), want)  # a multiple: exact
+    assert adapt_input_conv(w, 5).shape == (8, 5, 3, 3)
