@@ -166,18 +166,19 @@ class FlowClassification(ZooTask):
         self.log(TRAIN_AUX, aux, batch_size=len(y))
         return loss
 
-    def validation_step(self, batch, batch_idx):
+    def _eval_step(self, batch, loss_name: str) -> None:
         loss, _, logits, y = self._loss(batch)
-        self.log(VAL_LOSS, loss, batch_size=len(y), sync_dist=True)
+        self.log(loss_name, loss, batch_size=len(y), sync_dist=True)
         self._val.append((y.cpu(), torch.softmax(logits.float(), -1).cpu()))
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step(batch, VAL_LOSS)
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")
 
     def test_step(self, batch, batch_idx):
-        loss, _, logits, y = self._loss(batch)
-        self.log(TEST_LOSS, loss, batch_size=len(y), sync_dist=True)
-        self._val.append((y.cpu(), torch.softmax(logits.float(), -1).cpu()))
+        self._eval_step(batch, TEST_LOSS)
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics("test")
