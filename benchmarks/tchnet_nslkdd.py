@@ -6,11 +6,22 @@ split only (early stopping on validation MCC for binary, validation macro-F1 for
 KDDTest+. The preprocessing (vocabulary, category encodings, log + robust scaler) is fitted on the training split.
 Writes ``results.json`` and ``results.md`` and, per task, the TCH-Net of the best-validation seed as a zoo folder.
 
+``--novelty tchnet,mlp`` adds, for binary, an unseen-attack rule: "attack if p(attack) > 0.5 or novelty score >
+threshold", chosen by a leave-attack-types-out validation without KDDTest+ (:func:`novelty_study`): attack types with
+< 1 % of the training split's rows are held out of a second training of the same classifier; the candidate scores
+(mean distance to the 5 nearest normal training flows, an isolation forest on normal training flows, TCH-Net's
+auxiliary reconstruction error) and thresholds (1 - r quantile of the validation normals, r in :data:`FPR_GRID`) are
+compared on the validation split plus the held-out rows by MCC; the winner is applied to the classifier trained on
+the whole training split and KDDTest+ is scored once. ``--merge A.json B.json`` combines runs of disjoint seeds.
+
 Usage::
 
     GATEDZOO_DATA=/path/to/data python benchmarks/tchnet_nslkdd.py --out runs/tchnet_bench [--seeds 5] [--epochs 25]
     python benchmarks/tchnet_nslkdd.py --out /tmp/t --seeds 1 --epochs 1 --limit 2000   # smoke test on CPU
     python benchmarks/tchnet_nslkdd.py --plot docs/models/tchnet_confusion.png          # shipped weights, KDDTest+
+    python benchmarks/tchnet_nslkdd.py --out runs/b --first-seed 3 --seeds 2 --novelty tchnet,mlp \\
+        --novelty-seeds 3,4,0,1,2 --budget 500                                       # seeds 3-4 + novelty study
+    python benchmarks/tchnet_nslkdd.py --merge docs/benchmarks/tchnet_nslkdd.json runs/b/results.json --out runs/m
 """
 
 from __future__ import annotations
@@ -38,6 +49,15 @@ SMALL = dict(conv_channels=[32, 64, 64], gru=64, gru2=32, conv2=32, tf_dim=64, t
 #: training recipe (shared by the recipes in recipes/tchnet/)
 RECIPE = dict(lr=5e-4, weight_decay=5e-5, warmup_epochs=2, min_lr_ratio=0.05, batch_size=512, gamma=2.0,
               smoothing=0.01, aux_weight=0.05, noise_std=0.01, noise_p=0.3, patience=6, grad_clip=1.0)
+#: the settings a merged run must share with the run it extends (``--merge``)
+SAME_SETTINGS = ("epochs", "recipe", "widths", "limit")
+#: leave-attack-types-out validation of the novelty rule: attack types with fewer than this share of the training
+#: split's rows are held out of training (rare types stand in for types never seen); fixed before any run
+HOLDOUT_SHARE = 0.01
+#: false-alarm rates on the validation normals that set a novelty score's threshold (its 1 - rate quantile)
+FPR_GRID = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1)
+#: neighbours averaged by the k-nearest-normal-flows score
+KNN_K = 5
 
 
 class FlowMLP(nn.Module):
@@ -143,6 +163,199 @@ def run_hgb(data_np, task, counts, seed, max_iter=300):
     return best[0], best[1], prob
 
 
+def holdout_types(names: np.ndarray, y: np.ndarray, share: float = HOLDOUT_SHARE) -> list[str]:
+    """Attack types (raw names) whose rows are fewer than ``share`` of ``names [N]`` (``y [N]``: 0 = normal)."""
+    types, counts = np.unique(names[y != 0], return_counts=True)
+    return sorted(str(t) for t, c in zip(types, counts) if c < share * len(names))
+
+
+def flow_points(x: torch.Tensor, c: torch.Tensor, cards: list[int]) -> torch.Tensor:
+    """Scaled numeric features ``x [N, T, F]`` of the scored flow + one-hot categories ``c [N, T, K]`` -> ``[N, D]``.
+
+    The space of the k-nearest-normal and isolation-forest scores: the robust-scaled (clipped) numbers and one unit
+    per categorical value, so a different service or flag counts like a feature one scaled unit apart.
+    """
+    onehot = [F.one_hot(c[:, -1, i], k).float() for i, k in enumerate(cards)]
+    return torch.cat([x[:, -1].float(), *onehot], 1)
+
+
+@torch.no_grad()
+def knn_score(ref: torch.Tensor, query: torch.Tensor, k: int = KNN_K, bs: int = 2048) -> np.ndarray:
+    """Mean Euclidean distance ``[N]`` from each query row to its ``k`` nearest rows of ``ref`` (normal flows)."""
+    out = [torch.cdist(query[i:i + bs], ref).topk(k, largest=False).values.mean(1) for i in range(0, len(query), bs)]
+    return torch.cat(out).cpu().numpy()
+
+
+@torch.no_grad()
+def recon_score(model, x: torch.Tensor, c: torch.Tensor, bs: int = 4096) -> np.ndarray | None:
+    """Per-flow MSE ``[N]`` of the model's auxiliary reconstruction of its input; `None` for models without one."""
+    model.eval()
+    out = []
+    for i in range(0, len(x), bs):
+        _, recon = model(x[i:i + bs], c[i:i + bs], return_aux=True)
+        if recon is None:
+            return None
+        out.append((recon.float() - x[i:i + bs].mean(1)).pow(2).mean(1))
+    return torch.cat(out).cpu().numpy()
+
+
+def novelty_scores(model, detectors: dict, x: torch.Tensor, c: torch.Tensor, cards: list[int],
+                   only: str | None = None) -> dict[str, np.ndarray]:
+    """The candidate novelty scores ``[N]`` (higher = less like normal training traffic) of the flows ``x, c``.
+
+    ``knn`` and ``iforest`` always; ``recon`` for models with a reconstruction head. ``only``: compute just this one.
+    """
+    pts = flow_points(x, c, cards)
+    out = {}
+    if only in (None, "knn"):
+        out["knn"] = knn_score(detectors["ref"], pts)
+    if only in (None, "iforest"):
+        out["iforest"] = -detectors["iforest"].score_samples(pts.cpu().numpy())
+    if only in (None, "recon"):
+        rec = recon_score(model, x, c)
+        if rec is not None:
+            out["recon"] = rec
+    return out
+
+
+def fit_detectors(ref: torch.Tensor, seed: int) -> dict:
+    """Detectors fitted on the normal training flows ``ref [N, D]`` only: the kNN reference and an isolation forest."""
+    from sklearn.ensemble import IsolationForest
+
+    forest = IsolationForest(n_estimators=200, random_state=seed, n_jobs=-1).fit(ref.cpu().numpy())
+    return {"ref": ref, "iforest": forest}
+
+
+def combine(p_attack: np.ndarray, score: np.ndarray | None, thr: float) -> np.ndarray:
+    """Class probabilities ``[N, 2]`` of the rule "attack if p(attack) > 0.5 or score > thr".
+
+    The attack score is ``max(p, g)`` with ``g = s / (s + thr)`` (``s`` clipped at 0): ``g > 0.5`` exactly when
+    ``s > thr``, so the arg-max is the rule and the ranking metrics (ROC-AUC, PR-AUC) see both signals. ``score``
+    `None` (rule off) returns ``p`` unchanged.
+    """
+    p = np.asarray(p_attack, np.float64)
+    if score is not None:
+        s = np.maximum(np.asarray(score, np.float64), 0.0)
+        p = np.maximum(p, s / (s + thr))
+    return np.stack([1 - p, p], 1)
+
+
+def choose_rule(y: np.ndarray, normal: np.ndarray, p_attack: np.ndarray, scores: dict) -> tuple[dict, list]:
+    """The (score, false-alarm rate) that maximises the combined rule's MCC on a validation set, or the rule off.
+
+    Args:
+        y: ``[N]`` 0 = normal, 1 = attack. normal: ``[N]`` bool, rows whose quantile sets the threshold.
+        p_attack: ``[N]`` classifier score. scores: name -> ``[N]`` novelty score.
+    Returns: the chosen ``{"score", "fpr", "thr", "val_mcc"}`` (ties keep the earlier, more conservative candidate:
+    the plain classifier first, then lower false-alarm rates) and every candidate's validation metrics.
+    """
+    from sklearn.metrics import matthews_corrcoef
+
+    def rate(pred):
+        return float(matthews_corrcoef(y, pred)), float((pred == y).mean())
+
+    mcc, acc = rate((p_attack > 0.5).astype(int))
+    best = {"score": None, "fpr": 0.0, "thr": math.inf, "val_mcc": mcc, "val_acc": acc}
+    grid = [dict(best)]
+    for name, s in scores.items():
+        for fpr in FPR_GRID:
+            thr = float(np.quantile(s[normal], 1 - fpr))
+            mcc, acc = rate(((p_attack > 0.5) | (s > thr)).astype(int))
+            grid.append({"score": name, "fpr": fpr, "thr": thr, "val_mcc": mcc, "val_acc": acc})
+            if mcc > best["val_mcc"]:
+                best = grid[-1]
+    return best, grid
+
+
+def novelty_study(model_name, seed, full_model, ctx, log):
+    """Leave-attack-types-out choice of a novelty rule, then the rule on KDDTest+ with the full-data classifier.
+
+    1. A classifier of the same recipe is trained on the training split without the held-out types (early stopping
+       on the validation split without them). 2. Its validation set for the rule = the whole validation split plus
+       the training-split rows of the held-out types; every candidate (score, false-alarm rate on the validation
+       normals) is scored there and the best MCC wins (or the plain classifier). 3. The same rule (same score, its
+       threshold re-set at the same false-alarm rate on the validation normals with the full classifier) is applied
+       to ``full_model`` (trained on the whole training split) and KDDTest+ is scored once.
+    """
+    data, names, held, det, cards, device = (ctx[k] for k in ("data", "names", "held", "det", "cards", "device"))
+    ts = time.time()
+    (xt, ct, yt), (xv, cv, yv), (xs, cs, ys) = data["train"], data["val"], data["test"]
+    keep_t = torch.as_tensor(~np.isin(names["train"], held), device=device)
+    keep_v = torch.as_tensor(~np.isin(names["val"], held), device=device)
+    sub = {"train": (xt[keep_t], ct[keep_t], yt[keep_t]), "val": (xv[keep_v], cv[keep_v], yv[keep_v])}
+    counts = np.bincount(sub["train"][2].cpu().numpy(), minlength=2).tolist()
+    model = build_model(model_name, ctx["margs"], seed, device)
+    val_sel, _ = train_nn(model, sub, "binary", counts, ctx["epochs"], seed, device, log)
+    out_t = ~keep_t
+    xn, cn = torch.cat([xv, xt[out_t]]), torch.cat([cv, ct[out_t]])
+    yn = torch.cat([yv, yt[out_t]]).cpu().numpy()
+    normal = yn == 0
+    n_held = int(np.isin(names["val"], held).sum() + out_t.sum().item())
+    p_val = predict(model, xn, cn).numpy()[:, 1]
+    rule, grid = choose_rule(yn, normal, p_val, novelty_scores(model, det, xn, cn, cards))
+    # the chosen rule with the full classifier: threshold at the same false-alarm rate on the validation normals
+    p_test = predict(full_model, xs, cs).numpy()[:, 1]
+    plain = flow_metrics(ys.cpu().numpy(), combine(p_test, None, math.inf))
+    thr, s_test = math.inf, None
+    if rule["score"] is not None:
+        s_val = novelty_scores(full_model, det, xv, cv, cards, rule["score"])[rule["score"]]
+        thr = float(np.quantile(s_val[yv.cpu().numpy() == 0], 1 - rule["fpr"]))
+        s_test = novelty_scores(full_model, det, xs, cs, cards, rule["score"])[rule["score"]]
+    prob = combine(p_test, s_test, thr)
+    ys_np = ys.cpu().numpy()
+    m = flow_metrics(ys_np, prob)
+    unseen = ctx["unseen"]
+    flag_plain, flag = p_test > 0.5, prob[:, 1] > 0.5
+
+    def share(flags, mask):
+        return float(flags[mask].mean()) if mask.any() else math.nan
+
+    seen_attack = (ys_np != 0) & ~unseen
+    diag = {"unseen_flows": int(unseen.sum()), "unseen_recall_plain": share(flag_plain, unseen),
+            "unseen_recall": share(flag, unseen), "seen_attack_recall_plain": share(flag_plain, seen_attack),
+            "seen_attack_recall": share(flag, seen_attack), "normal_false_alarm_plain": share(flag_plain, ys_np == 0),
+            "normal_false_alarm": share(flag, ys_np == 0)}
+    row = {"task": "binary", "model": model_name, "seed": seed, "held_out_types": held,
+           "novelty_val_rows": {"normal": int(normal.sum()), "attack": int((~normal).sum()), "held_out": n_held},
+           "holdout_classifier_val": val_sel, "rule": {**rule, "thr_full": thr}, "val_grid": grid,
+           "test_plain": plain, "test": m, "diagnostics": diag, "seconds": time.time() - ts}
+    log(f"  novelty {model_name} seed {seed}: rule {rule['score']} @ fpr {rule['fpr']} (val MCC {rule['val_mcc']:.4f}, "
+        f"plain {grid[0]['val_mcc']:.4f}); test acc {plain['accuracy']:.4f} -> {m['accuracy']:.4f}, "
+        f"mcc {plain['mcc']:.4f} -> {m['mcc']:.4f}, unseen recall {diag['unseen_recall_plain']:.3f} -> "
+        f"{diag['unseen_recall']:.3f} ({time.time() - ts:.1f}s)")
+    return row
+
+
+def novelty_context(data, names, margs, counts, epochs, device) -> dict:
+    """What :func:`novelty_study` needs of one binary data set.
+
+    Args:
+        data: split -> ``(x [N, T, F], c [N, T, K], y [N])`` tensors on ``device``. names: split -> ``[N]`` attack
+            names. margs: the networks' arguments. counts: training class counts. epochs: the recipe's maximum.
+    Returns: the held-out types, detectors fitted on the training split's normal flows (seed 0: they do not depend
+    on the classifier's seed) and the diagnostic mask ``unseen [N_test]`` of test attacks of types absent from the
+    training file (never used for a choice).
+    """
+    held = holdout_types(names["train"], data["train"][2].cpu().numpy())
+    cards = margs["cat_cardinalities"]
+    normal_pts = flow_points(data["train"][0], data["train"][1], cards)[data["train"][2] == 0]
+    known = sorted(set(names["train"]) | set(names["val"]))
+    return {"data": data, "names": names, "held": held, "cards": cards, "device": device, "margs": margs,
+            "epochs": epochs, "counts": counts, "det": fit_detectors(normal_pts, 0),
+            "unseen": (data["test"][2].cpu().numpy() != 0) & ~np.isin(names["test"], known)}
+
+
+def build_model(model_name, margs, seed, device):
+    """A fresh network of the comparison, initialised from ``seed``."""
+    torch.manual_seed(seed)
+    if model_name == "mlp":
+        model = FlowMLP(margs["in_features"], margs["cat_cardinalities"], margs["num_classes"])
+    else:
+        fusion = "concat" if model_name == "tchnet_nofusion" else "cbgaf"
+        model = create_model("tchnet", **margs, fusion=fusion, attn_backend="sdpa")
+    return model.to(device)
+
+
 def summarise(rows):
     out = {}
     for r in rows:
@@ -205,6 +418,105 @@ def plot_confusion(path: str) -> None:
     print(f"wrote {path}")
 
 
+def paired_gain(rows, model="tchnet", base="tchnet_nofusion"):
+    """Per task: ``model`` minus ``base`` on the seeds both ran (same data, same seeds), mean, std and per seed."""
+    out = {}
+    for task in dict.fromkeys(r["task"] for r in rows):
+        a = {r["seed"]: r["test"] for r in rows if r["task"] == task and r["model"] == model}
+        b = {r["seed"]: r["test"] for r in rows if r["task"] == task and r["model"] == base}
+        seeds = sorted(set(a) & set(b))
+        if not seeds:
+            continue
+        gain = {"seeds": seeds}
+        for key in ("accuracy", "mcc", "f1_attack", "accuracy_multiclass", "macro_f1_multiclass"):
+            if key in a[seeds[0]]:
+                d = [100 * (a[s][key] - b[s][key]) for s in seeds]
+                gain[key] = {"mean": float(np.mean(d)), "std": float(np.std(d)), "per_seed": d}
+        out[task] = gain
+    return out
+
+
+def gain_markdown(gains) -> str:
+    lines = ["| task | metric | seeds | CB-GAF − concat (points, mean ± std) | per seed |", "|---|---|---|---|---|"]
+    for task, g in gains.items():
+        for key, v in g.items():
+            if key != "seeds":
+                per = ", ".join(f"{d:+.2f}" for d in v["per_seed"])
+                lines.append(f"| {task} | {key} | {len(g['seeds'])} | {v['mean']:+.2f} ± {v['std']:.2f} | {per} |")
+    return "\n".join(lines)
+
+
+def novelty_markdown(nrows) -> str:
+    """Plain classifier vs classifier + novelty rule on KDDTest+ (binary), mean ± std over seeds, in %."""
+    cols = ["accuracy", "f1_attack", "mcc", "roc_auc", "pr_auc", "fpr_at_tpr99"]
+    diag = ["unseen_recall", "seen_attack_recall", "normal_false_alarm"]
+
+    def cell(vals):
+        return f"{100 * np.mean(vals):.2f} ± {100 * np.std(vals):.2f}"
+
+    lines = ["| model | seeds | rules chosen (score @ val false-alarm rate) | " + " | ".join(cols + diag) + " |",
+             "|" + "---|" * (3 + len(cols) + len(diag))]
+    for model in dict.fromkeys(r["model"] for r in nrows):
+        rs = [r for r in nrows if r["model"] == model]
+        rules = ", ".join(f"{r['seed']}: {r['rule']['score'] or 'off'}"
+                          + (f" @ {r['rule']['fpr']:g}" if r["rule"]["score"] else "") for r in rs)
+        for label, key, suffix in ((model, "test_plain", "_plain"), (f"{model} + novelty", "test", "")):
+            cells = [cell([r[key][c] for r in rs]) if c in rs[0][key] else "–" for c in cols]
+            cells += [cell([r["diagnostics"][d + suffix] for r in rs]) for d in diag]
+            lines.append(f"| {label} | {len(rs)} | {rules if suffix == '' else '–'} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_report(out: Path, env, rows, nrows, sources=None) -> str:
+    """``results.json`` (env, runs, summary, paired gain, novelty runs) and ``results.md``; returns the markdown."""
+    gains = paired_gain(rows)
+    doc = {"env": env, "runs": rows, "summary": summarise(rows), "cbgaf_gain": gains, "novelty": nrows}
+    if sources:
+        doc["merged_from"] = sources
+    (out / "results.json").write_text(json.dumps(doc, indent=1))
+    md = markdown(summarise(rows)) + "\n" + ("\n" + gain_markdown(gains) + "\n" if gains else "")
+    if nrows:
+        md += "\n" + novelty_markdown(nrows) + "\n"
+    (out / "results.md").write_text(md)
+    return md
+
+
+def merge_runs(paths: list[str], out: Path) -> str:
+    """Combine the per-run JSON of several runs of this script into one table (``--merge OLD.json NEW.json``).
+
+    Raises:
+        ValueError: the runs differ in a setting of :data:`SAME_SETTINGS`, or two runs hold the same
+            (task, model, seed).
+    """
+    docs = [json.loads(Path(p).read_text()) for p in paths]
+    ref = docs[0]["env"]
+    for path, doc in zip(paths[1:], docs[1:]):
+        diff = [k for k in SAME_SETTINGS if doc["env"].get(k) != ref.get(k)]
+        if diff:
+            raise ValueError(f"{path} differs from {paths[0]} in {diff}: "
+                             + "; ".join(f"{k}: {ref.get(k)} vs {doc['env'].get(k)}" for k in diff))
+    rows, nrows, seen = [], [], set()
+    for path, doc in zip(paths, docs):
+        for r in doc["runs"]:
+            key = (r["task"], r["model"], r["seed"])
+            if key in seen:
+                raise ValueError(f"{path} repeats {key}: merge runs of disjoint seeds.")
+            seen.add(key)
+            rows.append(r)
+        for r in doc.get("novelty", []):
+            key = ("novelty", r["model"], r["seed"])
+            if key in seen:
+                raise ValueError(f"{path} repeats {key}: merge runs of disjoint seeds.")
+            seen.add(key)
+            nrows.append(r)
+    rows.sort(key=lambda r: (r["task"] != "binary", r["seed"]))
+    nrows.sort(key=lambda r: (r["model"], r["seed"]))
+    env = {**ref, "seeds": sorted({r["seed"] for r in rows}),
+           "runs": [{k: d["env"].get(k) for k in ("device", "torch", "date")} for d in docs]}
+    out.mkdir(parents=True, exist_ok=True)
+    return write_report(out, env, rows, nrows, sources=[str(p) for p in paths])
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/tchnet_bench")
@@ -214,63 +526,84 @@ def main():
     ap.add_argument("--tasks", default="binary,5class")
     ap.add_argument("--models", default="tchnet,tchnet_nofusion,mlp,hgb")
     ap.add_argument("--budget", type=float, default=0, help="seconds; start no new seed after this (0 = no limit)")
+    ap.add_argument("--novelty", default="", help="networks (e.g. tchnet,mlp) that get the binary novelty study")
+    ap.add_argument("--novelty-seeds", default="", help="seeds of the novelty study (default: the seeds run); "
+                    "seeds outside the comparison train their own full classifier, after all tasks, within --budget")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                    help="only merge these results.json files (same settings, disjoint seeds) into --out")
     ap.add_argument("--plot", default="", help="only plot the shipped weights' KDDTest+ confusion matrices to this PNG")
     ap.add_argument("--limit", type=int, default=0, help="use only this many training rows (smoke tests)")
     args = ap.parse_args()
     if args.plot:
         return plot_confusion(args.plot)
     out = Path(args.out)
+    if args.merge:
+        print(merge_runs(args.merge, out))
+        return None
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
+
     def log(msg):
         print(msg, flush=True)
         with open(out / "log.txt", "a") as f:
             f.write(msg + "\n")
 
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    nov_models = [m for m in args.novelty.split(",") if m]
+    nov_seeds = [int(x) for x in args.novelty_seeds.split(",") if x] or seeds
     env = {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor() or "cpu",
            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-           "epochs": args.epochs, "seeds": args.seeds, "recipe": RECIPE, "widths": SMALL, "limit": args.limit}
+           "epochs": args.epochs, "seeds": args.seeds, "recipe": RECIPE, "widths": SMALL, "limit": args.limit,
+           "first_seed": args.first_seed, "budget": args.budget, "novelty": nov_models, "novelty_seeds": nov_seeds,
+           "holdout_share": HOLDOUT_SHARE, "fpr_grid": FPR_GRID, "knn_k": KNN_K}
     log(json.dumps(env))
-    rows, t0 = [], time.time()
+    rows, nrows, t0 = [], [], time.time()
     tasks = args.tasks.split(",")
+    # measured seconds of one novelty seed per network (full training + study): decides whether another fits
+    nov_ctx, nov_cost = None, {}
     for task in tasks:
         dm = FlowDataModule(task=task, seed=0, window=1)
         dm.setup()
+        names = dict(dm.row_labels)
         if args.limit:
             for k in ("train", "val"):
                 d = dm.datasets[k]
                 d.index, d.y = d.index[: args.limit], d.y[: args.limit]
+                names[k] = names[k][: args.limit]
         data = {k: tensors(dm.datasets[k], device) for k in ("train", "val", "test")}
         data_np = [tuple(t.cpu().numpy()[:, -1] if t.ndim == 3 else t.cpu().numpy() for t in data[k])
                    for k in ("train", "val", "test")]
         ys = data["test"][2].cpu().numpy()
         margs = {**dm.model_args(), **SMALL}
+        env[f"rows_{task}"] = {k: len(data[k][0]) for k in data}
         best_ship = None
         log(f"== {task}: train {len(data['train'][0])} val {len(data['val'][0])} test {len(ys)}; {dm.report}")
-        for seed in range(args.first_seed, args.first_seed + args.seeds):
+        if task == "binary" and nov_models:
+            nov_ctx = novelty_context(data, names, margs, dm.class_counts, args.epochs, device)
+            log(f"  novelty: held-out types {nov_ctx['held']} "
+                f"({int(np.isin(names['train'], nov_ctx['held']).sum())} training rows); "
+                f"{len(nov_ctx['det']['ref'])} normal reference flows; "
+                f"{int(nov_ctx['unseen'].sum())} test flows of unseen types")
+        for seed in seeds:
             share = 1 if task == tasks[-1] else 0.5
             if seed > args.first_seed and args.budget and time.time() - t0 > args.budget * share:
                 log(f"  time budget reached: {task} stops before seed {seed}")
                 break
+            trained = {}
             for model_name in args.models.split(","):
                 ts = time.time()
                 if model_name == "hgb":
                     val, rounds, prob = run_hgb(data_np, task, dm.class_counts, seed)
                     params, extra = 0, {"rounds": rounds}
                 else:
-                    torch.manual_seed(seed)
-                    if model_name == "mlp":
-                        model = FlowMLP(margs["in_features"], margs["cat_cardinalities"], margs["num_classes"])
-                    else:
-                        fusion = "concat" if model_name == "tchnet_nofusion" else "cbgaf"
-                        model = create_model("tchnet", **margs, fusion=fusion, attn_backend="sdpa")
-                    model = model.to(device)
+                    model = build_model(model_name, margs, seed, device)
                     params = sum(p.numel() for p in model.parameters())
                     val, epochs = train_nn(model, data, task, dm.class_counts, args.epochs, seed, device, log)
                     prob = predict(model, data["test"][0], data["test"][1]).numpy()
                     extra = {"epochs": epochs}
+                    trained[model_name] = model
                     if model_name == "tchnet" and (best_ship is None or val > best_ship[0]):
                         best_ship = (val, seed, copy.deepcopy(model).cpu())
                 m = flow_metrics(ys, prob, dm.label_names)
@@ -279,6 +612,16 @@ def main():
                 log(f"  {task} {model_name} seed {seed}: val {val:.4f} test acc {m['accuracy']:.4f} "
                     f"mcc {m['mcc']:.4f} acc5 {m.get('accuracy_multiclass', float('nan')):.4f} "
                     f"({time.time() - ts:.1f}s, total {time.time() - t0:.0f}s)")
+            if task == "binary" and seed in nov_seeds:
+                for model_name in nov_models:
+                    ts = time.time()
+                    full = trained.get(model_name)
+                    if full is None:
+                        full = build_model(model_name, margs, seed, device)
+                        train_nn(full, data, task, dm.class_counts, args.epochs, seed, device, log)
+                    nrows.append(novelty_study(model_name, seed, full, nov_ctx, log))
+                    full_s = next((r["seconds"] for r in rows[::-1] if r["model"] == model_name), 0.0)
+                    nov_cost[model_name] = max(nov_cost.get(model_name, 0.0), time.time() - ts + full_s)
         if best_ship is not None:
             val, seed, model = best_ship
             model.zoo_config["model_args"]["attn_backend"] = "auto"
@@ -287,9 +630,23 @@ def main():
             model.save_pretrained(out / f"tchnet.nslkdd_{task}", metrics={
                 "val_select": val, "seed": seed, **{f"test_{k}": v for k, v in test.items()}},
                 benchmark="benchmarks/tchnet_nslkdd.py", device=env["device"])
-        (out / "results.json").write_text(json.dumps({"env": env, "runs": rows, "summary": summarise(rows)}, indent=1))
-    (out / "results.md").write_text(markdown(summarise(rows)) + "\n")
-    log(markdown(summarise(rows)))
+        write_report(out, env, rows, nrows)
+    # novelty seeds outside the comparison: train the full classifier too
+    for seed in [s for s in nov_seeds if s not in seeds and nov_ctx is not None]:
+        est = sum(nov_cost.values())
+        if args.budget and time.time() - t0 + est > args.budget:
+            log(f"  time budget reached: novelty stops before seed {seed} ({time.time() - t0:.0f}s + ~{est:.0f}s)")
+            break
+        for model_name in nov_models:
+            ts = time.time()
+            full = build_model(model_name, nov_ctx["margs"], seed, device)
+            train_nn(full, nov_ctx["data"], "binary", nov_ctx["counts"], args.epochs, seed, device, log)
+            nrows.append(novelty_study(model_name, seed, full, nov_ctx, log))
+            nrows[-1]["seconds_full"] = time.time() - ts - nrows[-1]["seconds"]
+            nov_cost[model_name] = max(nov_cost.get(model_name, 0.0), time.time() - ts)
+        write_report(out, env, rows, nrows)
+    md = write_report(out, env, rows, nrows)
+    log(md)
     log(f"total {time.time() - t0:.0f}s")
 
 

@@ -270,6 +270,18 @@ def to_canonical(df, fmt: str):
     return num, df[cat_cols].astype(str), report
 
 
+def attack_names(df) -> np.ndarray:
+    """The raw label string of every row (``"normal"``, ``"neptune"``, ...), stripped; ``[N]`` object array.
+
+    Raises:
+        ValueError: no label column (one of ``label``, ``Label``, ``attack``).
+    """
+    col = next((c for c in ("label", "Label", "attack") if c in df.columns), None)
+    if col is None:
+        raise ValueError("the table has no label column (one of 'label', 'Label', 'attack').")
+    return df[col].astype(str).str.strip().to_numpy(object)
+
+
 def labels_of(df, fmt: str, task: str) -> np.ndarray:
     """Integer labels: binary 0 = normal / benign, 1 = attack; ``"5class"`` indexes :data:`CATEGORIES_5`.
 
@@ -513,6 +525,8 @@ class FlowDataModule(L.LightningDataModule):
         self.pre: FlowPreprocessor | None = None
         self.class_counts: list[int] = []
         self.report: CoverageReport | None = None
+        #: raw label strings per split (``"train"``, ``"val"``, ``"test"``), filled by :meth:`setup`
+        self.row_labels: dict[str, np.ndarray] = {}
 
     @property
     def num_classes(self) -> int:
@@ -569,10 +583,14 @@ class FlowDataModule(L.LightningDataModule):
         self.pre, self.fmt = pre, fmt
         self.class_counts = np.bincount(y[tr], minlength=self.num_classes).tolist()
         self.datasets = {"train": self._windows(df.iloc[tr], y[tr]), "val": self._windows(df.iloc[va], y[va])}
+        # the attack type of every flow of each split (same order as the datasets): leave-attack-types-out studies
+        names = attack_names(df)
+        self.row_labels = {"train": names[tr], "val": names[va]}
         test = Path(self.test_path) if self.test_path else (fetch(NSLKDD_FILES["test"]) if fmt == "nslkdd" else None)
         if test is not None:
             tdf, _ = read_flow_table(test, fmt)
             self.datasets["test"] = self._windows(tdf, labels_of(tdf, fmt, self.task))
+            self.row_labels["test"] = attack_names(tdf)
 
     def _windows(self, df, y) -> FlowWindows:
         x, c, _ = self.pre.transform(df)
@@ -630,6 +648,6 @@ def load_preprocessing(source: str) -> dict:
 __all__ = [
     "ARGUS_MAP", "ATTACK_CATEGORY", "CANONICAL_FEATURES", "CATEGORIES_5", "CICFLOWMETER_MAP", "NSLKDD_COLUMNS",
     "NSLKDD_FILES", "NSLKDD_MAP", "CoverageReport", "FlowDataModule", "FlowPreprocessor", "FlowWindows",
-    "data_dir", "labels_of", "load_preprocessing", "read_flow_table", "read_nslkdd", "table_windows", "to_canonical",
-    "window_index",
+    "attack_names", "data_dir", "labels_of", "load_preprocessing", "read_flow_table", "read_nslkdd", "table_windows",
+    "to_canonical", "window_index",
 ]

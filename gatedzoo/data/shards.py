@@ -223,7 +223,8 @@ class ShardedCells(IterableDataset):
             for i in range(0, len(pieces), self.shuffle_blocks):
                 for shard, a, b in pieces[i:i + self.shuffle_blocks]:
                     indptr, genes, bins = self.read(shard, a, b)
-                    buf += [(genes[indptr[j]:indptr[j + 1]], bins[indptr[j]:indptr[j + 1]], -1, -1)
+                    # the shard index is the cell's source: negatives come from cells measured on its gene panel
+                    buf += [(genes[indptr[j]:indptr[j + 1]], bins[indptr[j]:indptr[j + 1]], -1, -1, shard)
                             for j in range(b - a)]
                 if self.shuffle:
                     buf = [buf[j] for j in rng.permutation(len(buf))]
@@ -265,6 +266,8 @@ class ShardedSingleCellDataModule(L.LightningDataModule):
         n_bins (int): expression bins. Default: ``51``.
         max_genes (int): most gene tokens per cell. Default: ``512``.
         mask_ratio (float): masked fraction of each cell's genes. Default: ``0.15``.
+        negatives (float): "not expressed" gene queries per masked gene for the cell-level loss (drawn from the
+            same shard's other cells; see :func:`~gatedzoo.data.singlecell.collate_cells`). Default: ``1.0``.
         val_fraction (float): fraction of blocks held out for validation (at least one block when > 0).
             Default: ``0.01``.
         batch_size (int): cells per batch and rank. Default: ``64``.
@@ -276,8 +279,8 @@ class ShardedSingleCellDataModule(L.LightningDataModule):
 
     def __init__(self, shards: str | list[str] = "runs/shards", vocab: str | None = None, layer: str | None = None,
                  gene_key: str | None = None, n_bins: int = 51, max_genes: int = 512, mask_ratio: float = 0.15,
-                 val_fraction: float = 0.01, batch_size: int = 64, num_workers: int = 2, block_size: int = 256,
-                 shuffle_blocks: int = 16, seed: int = 0):
+                 negatives: float = 1.0, val_fraction: float = 0.01, batch_size: int = 64, num_workers: int = 2,
+                 block_size: int = 256, shuffle_blocks: int = 16, seed: int = 0):
         super().__init__()
         if not 0 <= mask_ratio < 1:
             raise ValueError(f"mask_ratio={mask_ratio} must lie in [0, 1).")
@@ -358,7 +361,8 @@ class ShardedSingleCellDataModule(L.LightningDataModule):
 
     def _dataset(self, blocks: np.ndarray, train: bool) -> ShardedCells:
         hp = self.hparams
-        collate = _Collate(hp.max_genes, hp.mask_ratio, hp.n_bins, sample=train, seed=hp.seed + (0 if train else 1000))
+        collate = _Collate(hp.max_genes, hp.mask_ratio, hp.n_bins, sample=train, seed=hp.seed + (0 if train else 1000),
+                           negatives=hp.negatives)
         return ShardedCells(self.shards, blocks, batch_size=hp.batch_size, collate=collate, n_bins=hp.n_bins,
                             layer=hp.layer, shuffle=train, shuffle_blocks=hp.shuffle_blocks, drop_last=train,
                             num_workers=hp.num_workers, seed=hp.seed)

@@ -99,7 +99,9 @@ class TokenizedCells:
 
     ``indptr`` ``[N + 1]`` int64; ``genes`` ``[nnz]`` int32 vocabulary indices; ``bins`` ``[nnz]`` uint8 in
     ``1 .. n_bins - 1``; ``labels`` / ``batches`` ``[N]`` int64 codes (``-1`` = missing) into ``label_names`` /
-    ``batch_names``; ``meta`` holds the provenance (dataset, layer, input kind, vocabulary size, n_bins).
+    ``batch_names``; ``meta`` holds the provenance (dataset, layer, input kind, vocabulary size, n_bins);
+    ``source`` ``[N]`` int64 is the index of the dataset (gene panel) each cell came from after :meth:`concat`
+    (``None`` = one dataset).
     """
 
     indptr: np.ndarray
@@ -110,6 +112,7 @@ class TokenizedCells:
     label_names: list[str] = field(default_factory=list)
     batch_names: list[str] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
+    source: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.indptr) - 1
@@ -129,7 +132,7 @@ class TokenizedCells:
         take = np.asarray(take, dtype=np.int64)
         pick = lambda a: None if a is None else a[idx]  # noqa: E731
         return TokenizedCells(indptr, self.genes[take], self.bins[take], pick(self.labels), pick(self.batches),
-                              self.label_names, self.batch_names, dict(self.meta))
+                              self.label_names, self.batch_names, dict(self.meta), pick(self.source))
 
     def save(self, path: str | Path) -> None:
         """Write a ``.pt`` file readable with plain torch (no anndata needed)."""
@@ -164,8 +167,9 @@ class TokenizedCells:
         labels, label_names = merge("labels", "label_names")
         batches, batch_names = merge("batches", "batch_names")
         meta = {"parts": [p.meta for p in parts], "n_bins": parts[0].meta.get("n_bins")}
+        source = np.concatenate([np.full(len(p), i, np.int64) for i, p in enumerate(parts)])
         return TokenizedCells(indptr, np.concatenate([p.genes for p in parts]), np.concatenate([p.bins for p in parts]),
-                              labels, batches, label_names, batch_names, meta)
+                              labels, batches, label_names, batch_names, meta, source)
 
 
 def detect_input_kind(sample) -> str:
@@ -388,15 +392,20 @@ def dataset_genes(name: str) -> list[str]:
     return list(map(str, (adata.raw.var_names if kw.get("use_raw") else adata.var_names)))
 
 
-def collate_cells(cells: list[tuple[np.ndarray, np.ndarray, int, int]], *, max_genes: int, mask_ratio: float,
-                  mask_bin: int, sample: bool, generator: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
-    """Pad a list of ``(genes, bins, label, batch)`` cells into a batch.
+def collate_cells(cells: list[tuple], *, max_genes: int, mask_ratio: float, mask_bin: int, sample: bool,
+                  generator: np.random.Generator | None = None, negatives: float = 0.0) -> dict[str, torch.Tensor]:
+    """Pad a list of ``(genes, bins, label, batch[, source])`` cells into a batch.
 
     Cells longer than ``max_genes`` keep a random subset (``sample=True``, training) or their top-expressed genes.
     ``mask_ratio > 0`` replaces that fraction (at least one) of each cell's bins by ``mask_bin``.
+    ``negatives > 0`` (with masking) also draws, per cell, ``round(negatives x masked count)`` genes the cell does
+    **not** express: genes expressed by other cells of the batch from the same ``source`` (the same measured gene
+    panel), so frequent genes are drawn more often; they are the "not expressed" (bin 0) queries of the cell-level
+    objective (see :meth:`gatedzoo.models.scfm.SCFM.masked_expression_loss`).
 
     Returns ``genes``, ``bins`` ``[B, T]`` int64 (padding 0), ``seq_lens`` ``[B]`` int32, ``targets`` ``[B, T]``
-    int64 (true bin at masked positions, ``-100`` elsewhere), ``labels``, ``batches`` ``[B]`` int64.
+    int64 (true bin at masked positions, ``-100`` elsewhere), ``labels``, ``batches`` ``[B]`` int64, and with
+    ``negatives`` ``neg_genes`` ``[B, Q]`` int64 (padding 0).
     """
     rng = generator if generator is not None else np.random.default_rng()
     lens = [min(len(g), max_genes) for g, *_ in cells]
@@ -412,14 +421,36 @@ def collate_cells(cells: list[tuple[np.ndarray, np.ndarray, int, int]], *, max_g
             m = rng.choice(n, max(1, int(round(mask_ratio * n))), replace=False)
             targets[i, m] = bins[i, m]
             bins[i, m] = mask_bin
-    return {"genes": torch.from_numpy(genes), "bins": torch.from_numpy(bins),
-            "seq_lens": torch.tensor(lens, dtype=torch.int32), "targets": torch.from_numpy(targets),
-            "labels": torch.tensor([c[2] for c in cells], dtype=torch.int64),
-            "batches": torch.tensor([c[3] for c in cells], dtype=torch.int64)}
+    out = {"genes": torch.from_numpy(genes), "bins": torch.from_numpy(bins),
+           "seq_lens": torch.tensor(lens, dtype=torch.int32), "targets": torch.from_numpy(targets),
+           "labels": torch.tensor([c[2] for c in cells], dtype=torch.int64),
+           "batches": torch.tensor([c[3] for c in cells], dtype=torch.int64)}
+    if negatives > 0 and mask_ratio > 0:
+        counts = [max(1, int(round(negatives * max(1, int(round(mask_ratio * n)))))) if n else 0 for n in lens]
+        out["neg_genes"] = torch.from_numpy(_negative_genes(cells, counts, rng))
+    return out
+
+
+def _negative_genes(cells: list[tuple], counts: list[int], rng: np.random.Generator) -> np.ndarray:
+    """``[B, max(counts)]`` int64: per cell, genes expressed elsewhere in the batch (same source) but not in it."""
+    sources = np.array([c[4] if len(c) > 4 else 0 for c in cells])
+    out = np.zeros((len(cells), max(max(counts), 1)), np.int64)
+    for src in np.unique(sources):
+        members = np.flatnonzero(sources == src)
+        uniq, freq = np.unique(np.concatenate([cells[i][0] for i in members]), return_counts=True)
+        for i in members:
+            own = cells[i][0]
+            # all of the cell's genes are excluded, also those a max_genes subset left out of its tokens
+            keep = ~np.isin(uniq, own)
+            cand, w = uniq[keep], freq[keep].astype(np.float64)
+            k = min(counts[i], len(cand))
+            if k:
+                out[i, :k] = rng.choice(cand, k, replace=False, p=w / w.sum())
+    return out
 
 
 class CellDataset(Dataset):
-    """Items ``(genes, bins, label, batch)`` of :class:`TokenizedCells` (label / batch ``-1`` when missing)."""
+    """Items ``(genes, bins, label, batch, source)`` of :class:`TokenizedCells` (label / batch ``-1`` when missing)."""
 
     def __init__(self, cells: TokenizedCells):
         self.cells = cells
@@ -431,14 +462,16 @@ class CellDataset(Dataset):
         g, b = self.cells.cell(i)
         lab = -1 if self.cells.labels is None else int(self.cells.labels[i])
         bat = -1 if self.cells.batches is None else int(self.cells.batches[i])
-        return g, b, lab, bat
+        src = 0 if self.cells.source is None else int(self.cells.source[i])
+        return g, b, lab, bat, src
 
 
 class _Collate:
     """Picklable collate function (DataLoader workers); a fresh RNG per worker process."""
 
-    def __init__(self, max_genes, mask_ratio, mask_bin, sample, seed):
-        self.kw = dict(max_genes=max_genes, mask_ratio=mask_ratio, mask_bin=mask_bin, sample=sample)
+    def __init__(self, max_genes, mask_ratio, mask_bin, sample, seed, negatives=0.0):
+        self.kw = dict(max_genes=max_genes, mask_ratio=mask_ratio, mask_bin=mask_bin, sample=sample,
+                       negatives=negatives)
         self.seed, self.rng = seed, None
 
     def __call__(self, items):
@@ -467,6 +500,9 @@ class SingleCellDataModule(L.LightningDataModule):
         n_bins (int): expression bins (must match the model). Default: ``51``.
         max_genes (int): most gene tokens per cell (plus CLS). Default: ``512``.
         mask_ratio (float): masked fraction of each cell's genes (0 for classification). Default: ``0.15``.
+        negatives (float): "not expressed" gene queries per masked gene for the cell-level (MVC) loss: genes that
+            other cells of the batch from the same dataset express and this cell does not (see
+            :func:`collate_cells`). ``0`` turns them off. Default: ``1.0``.
         val_fraction (float): cells held out for validation (stratified by label when labels exist). Default: ``0.1``.
         batch_size (int): cells per batch. Default: ``32``.
         num_workers (int): DataLoader workers. Default: ``0``.
@@ -477,13 +513,15 @@ class SingleCellDataModule(L.LightningDataModule):
     def __init__(self, dataset: str | list[str] = "pbmc_stim", vocab: str | None = None, layer: str | None = None,
                  gene_key: str | None = None, labels_key: str | None = None, batch_key: str | None = None,
                  input: str | None = None, n_bins: int = 51, max_genes: int = 512, mask_ratio: float = 0.15,
-                 val_fraction: float = 0.1, batch_size: int = 32, num_workers: int = 0, backed: bool = False,
-                 seed: int = 0):
+                 negatives: float = 1.0, val_fraction: float = 0.1, batch_size: int = 32, num_workers: int = 0,
+                 backed: bool = False, seed: int = 0):
         super().__init__()
         if not 0 <= mask_ratio < 1:
             raise ValueError(f"mask_ratio={mask_ratio} must lie in [0, 1).")
         if not 0 <= val_fraction < 1:
             raise ValueError(f"val_fraction={val_fraction} must lie in [0, 1).")
+        if negatives < 0:
+            raise ValueError(f"negatives={negatives} must be >= 0 (0 turns the 'not expressed' queries off).")
         self.save_hyperparameters()
         self.datasets = [dataset] if isinstance(dataset, str) else list(dataset)
         self.vocab: GeneVocab | None = None
@@ -556,7 +594,7 @@ class SingleCellDataModule(L.LightningDataModule):
     def _loader(self, idx, train: bool, mask: bool = True) -> DataLoader:
         hp = self.hparams
         fn = _Collate(hp.max_genes, hp.mask_ratio if mask else 0.0, hp.n_bins, sample=train,
-                      seed=hp.seed + (0 if train else 1000))
+                      seed=hp.seed + (0 if train else 1000), negatives=hp.negatives)
         return DataLoader(CellDataset(self.cells.subset(idx)), batch_size=hp.batch_size, shuffle=train,
                           collate_fn=fn, num_workers=hp.num_workers, drop_last=train and len(idx) > hp.batch_size)
 

@@ -166,11 +166,15 @@ class SCFM(ZooMixin, nn.Module):
         q = self.mvc_gene(self.gene_embed(genes))
         return self.mvc_head(F.gelu(q * cell[:, None, :]))
 
-    def masked_expression_loss(self, genes, bins, seq_lens, targets, parts: bool = False):
+    def masked_expression_loss(self, genes, bins, seq_lens, targets, parts: bool = False, neg_genes=None):
         """Masked-expression cross-entropy (nats); ``targets`` ``[B, T]`` holds the true bin, ``-100`` elsewhere.
 
-        The token loss predicts each masked bin from the token state; with ``mvc`` the cell loss predicts it from
-        the cell embedding. Returns their sum, or ``{"token": ..., "cell": ...}`` when ``parts``.
+        The token loss predicts each masked bin from the token state. With ``mvc`` the cell loss predicts, from the
+        cell embedding and the gene's identity alone, the bin of each masked gene and, for ``neg_genes`` ``[B, Q]``
+        (genes the cell does not express, ``0`` = padding), bin 0 = "not expressed". Without those negatives every
+        query gene is expressed and per-cell quantile bins look alike in every cell, so the cell embedding need not
+        say *which* genes are on, which is what cell types differ in. Returns the sum of the losses, or
+        ``{"token": ..., "cell": ...}`` when ``parts``.
         """
         tokens = self.forward_tokens(genes, bins, seq_lens)
         flat = targets.reshape(-1)
@@ -179,6 +183,10 @@ class SCFM(ZooMixin, nn.Module):
         if self.mvc_head is not None:
             cell = self.pool_tokens(tokens, seq_lens)
             logits = self.cell_expression_logits(cell, genes).float().reshape(-1, self.n_bins)
+            if neg_genes is not None and neg_genes.numel():
+                neg = self.cell_expression_logits(cell, neg_genes).float().reshape(-1, self.n_bins)
+                logits = torch.cat([logits, neg])
+                flat = torch.cat([flat, torch.where(neg_genes.reshape(-1) > 0, 0, -100)])
             out["cell"] = F.cross_entropy(logits, flat, ignore_index=-100)
         return out if parts else sum(out.values())
 

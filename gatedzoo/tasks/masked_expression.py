@@ -87,7 +87,8 @@ class MaskedExpression(_SingleCellTask):
         self.save_hyperparameters()
 
     def _loss(self, batch) -> torch.Tensor:
-        return self.model.masked_expression_loss(batch["genes"], batch["bins"], batch["seq_lens"], batch["targets"])
+        return self.model.masked_expression_loss(batch["genes"], batch["bins"], batch["seq_lens"], batch["targets"],
+                                                 neg_genes=batch.get("neg_genes"))
 
     def training_step(self, batch, batch_idx):
         loss = self._loss(batch)

@@ -134,6 +134,34 @@ def test_collate_pads_truncates_and_masks(stim):
                           items[0][0][:64][b["targets"][0, : lens[0]].numpy() == -100])
 
 
+def test_collate_negatives_are_unexpressed_genes_of_the_same_source(stim):
+    cells = tokenize_anndata(stim, GeneVocab(list(stim.var_names)), layer="counts")
+    # cells 2-3 come from a second "dataset" with a disjoint gene panel (ids shifted past the first panel)
+    shift = len(stim.var_names) + 10
+    items = [(*cells.cell(i), -1, -1, 0) for i in range(2)] + [(g + shift, b, -1, -1, 1)
+                                                              for g, b in map(cells.cell, (2, 3))]
+    b = collate_cells(items, max_genes=64, mask_ratio=0.2, mask_bin=51, sample=True,
+                      generator=np.random.default_rng(1), negatives=1.5)
+    masked = (b["targets"] != -100).sum(1).tolist()
+    neg = b["neg_genes"].numpy()
+    for i, (genes, *_rest, src) in enumerate(items):
+        drawn = neg[i][neg[i] > 0]
+        assert len(drawn) == max(1, round(1.5 * masked[i])) and len(set(drawn)) == len(drawn)
+        assert not np.isin(drawn, genes).any()  # never a gene the cell expresses, even one cut by max_genes
+        others = np.concatenate([items[j][0] for j in range(4) if j != i and items[j][4] == src])
+        assert np.isin(drawn, others).all()  # expressed by another cell of the same panel
+    assert "neg_genes" not in collate_cells(items, max_genes=64, mask_ratio=0.0, mask_bin=51, sample=False,
+                                            negatives=1.0)
+    with pytest.raises(ValueError, match="negatives"):
+        SingleCellDataModule("pbmc68k_reduced", negatives=-1)
+
+
+def test_concat_records_the_source_of_every_cell(stim):
+    cells = tokenize_anndata(stim, GeneVocab(list(stim.var_names)), layer="counts")
+    both = TokenizedCells.concat([cells.subset([0, 1, 2]), cells.subset([3, 4])])
+    assert both.source.tolist() == [0, 0, 0, 1, 1] and both.subset([4, 0]).source.tolist() == [1, 0]
+
+
 def test_datamodule_on_pbmc68k_keeps_labels_and_metadata():
     dm = SingleCellDataModule("pbmc68k_reduced", max_genes=32, batch_size=16, val_fraction=0.2)
     dm.setup("fit")

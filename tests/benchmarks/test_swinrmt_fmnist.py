@@ -1,0 +1,62 @@
+"""Pure helpers of benchmarks/swinrmt_fmnist.py: the learning-rate schedule, the epoch plan, the augmentations."""
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import swinrmt_fmnist as bench  # noqa: E402
+
+
+def test_lr_schedule_warms_up_then_anneals_to_the_floor_at_the_last_step():
+    total, warm, floor = 100, 10, 0.01
+    f = [bench.lr_factor(s, total, warm, floor) for s in range(total)]
+    assert f[0] == pytest.approx(0.1) and f[warm - 1] == pytest.approx(1.0)
+    assert f[warm] == pytest.approx(1.0)
+    assert f[-1] == pytest.approx(floor)  # the schedule completes on the last optimiser step
+    assert all(a >= b for a, b in zip(f[warm:], f[warm + 1:]))  # monotone cosine after the warm-up
+    mid = warm + (total - 1 - warm) // 2
+    assert f[mid] == pytest.approx(floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * 0.5)), abs=0.02)
+
+
+def test_plan_epochs_fits_the_whole_schedule_in_the_margin():
+    # 117 steps an epoch at 0.1 s: 11.7 s an epoch; 300 s * 0.85 = 255 s -> 21 epochs (21 * 11.7 = 245.7 s)
+    assert bench.plan_epochs(300, 0.1, 117, 0.85, 1, 100) == 21
+    assert 21 * 117 * 0.1 <= 0.85 * 300 < 22 * 117 * 0.1
+    assert bench.plan_epochs(300, 0.1, 117, 0.85, 1, 10) == 10  # capped
+    assert bench.plan_epochs(-5, 0.1, 117, 0.85, 2, 10) == 2  # no time left: the floor, never zero
+
+
+def test_random_erase_rectangles_have_the_documented_size_and_value():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.ones(2000, 1, 28, 28)
+    out = bench.random_erase(x, gen, p=1.0)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    assert set(out.unique().tolist()) <= {0.0, 1.0}
+    erased = (out == 0).flatten(1).sum(1).float() / (28 * 28)
+    assert (erased > 0).all()  # p = 1: every image gets a rectangle
+    assert erased.max() <= 0.4 * 1.5 and erased.mean() == pytest.approx(0.21, abs=0.04)  # U(0.02, 0.4), clipped
+    for img in out[:50, 0]:  # one axis-aligned rectangle: its bounding box is all zeros
+        rows, cols = (img == 0).nonzero(as_tuple=True)
+        box = img[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        assert (box == 0).all()
+    rate = (bench.random_erase(x, gen, p=0.25) == 0).flatten(1).any(1).float().mean()
+    assert rate == pytest.approx(0.25, abs=0.03)
+    assert bench.random_erase(x, gen, p=0.0) is x
+
+
+def test_augment_crop_keeps_the_image_and_pads_with_background():
+    gen = torch.Generator().manual_seed(1)
+    x = torch.arange(28 * 28, dtype=torch.float32).view(1, 1, 28, 28).repeat(64, 1, 1, 1)
+    out = bench.augment(x, gen, pad=3, flip=False)
+    assert out.shape == x.shape
+    for img in out[:, 0]:
+        inside = img[img != bench.BACKGROUND]
+        assert inside.numel() >= 25 * 25  # shifted by at most 3 pixels on each axis
+        assert torch.isin(inside, x[0, 0]).all()  # pixels come from the image, nothing invented
+    flipped = bench.augment(x, torch.Generator().manual_seed(2), pad=0, flip=True)
+    same, mirrored = (flipped == x).flatten(1).all(1), (flipped == x.flip(-1)).flatten(1).all(1)
+    assert (same | mirrored).all() and same.any() and mirrored.any()

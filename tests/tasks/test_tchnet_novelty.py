@@ -1,0 +1,169 @@
+"""The NSL-KDD benchmark's novelty rule (leave-attack-types-out choice) and its ``--merge`` of disjoint-seed runs."""
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from datafiles import need
+
+from gatedzoo.data.flows import NSLKDD_FILES, FlowDataModule, attack_names, labels_of, read_nslkdd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import tchnet_nslkdd as bench  # noqa: E402
+
+
+def test_holdout_types_keeps_attack_types_below_the_share():
+    names = np.array(["normal"] * 60 + ["neptune"] * 30 + ["back"] * 4 + ["phf"] * 1 + ["satan"] * 5)
+    y = (names != "normal").astype(int)
+    # 5 % of 100 rows: types with fewer than 5 rows are held out, satan (exactly 5) stays, normal never counts
+    assert bench.holdout_types(names, y, share=0.05) == ["back", "phf"]
+
+
+def test_knn_score_is_the_mean_distance_to_the_k_nearest_reference_rows():
+    g = torch.Generator().manual_seed(0)
+    ref, query = torch.randn(300, 6, generator=g), torch.randn(50, 6, generator=g)
+    got = bench.knn_score(ref, query, k=4, bs=16)
+    d = np.linalg.norm(query.numpy()[:, None] - ref.numpy()[None], axis=-1)
+    want = np.sort(d, 1)[:, :4].mean(1)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_flow_points_one_hot_encodes_the_categories_of_the_scored_flow():
+    x = torch.arange(12.0).reshape(2, 2, 3)  # [N=2, T=2, F=3]
+    c = torch.tensor([[[0, 1], [2, 0]], [[1, 1], [1, 2]]])  # [N, T, K=2], cardinalities 3 and 3
+    pts = bench.flow_points(x, c, [3, 3])
+    assert pts.shape == (2, 3 + 6)
+    torch.testing.assert_close(pts[0], torch.tensor([3.0, 4, 5, 0, 0, 1, 1, 0, 0]))
+    torch.testing.assert_close(pts[1], torch.tensor([9.0, 10, 11, 0, 1, 0, 0, 0, 1]))
+
+
+def test_combine_makes_the_arg_max_equal_to_the_or_rule():
+    rng = np.random.default_rng(0)
+    p, s = rng.random(1000), rng.exponential(1.0, 1000)
+    prob = bench.combine(p, s, thr=1.3)
+    assert prob.shape == (1000, 2)
+    np.testing.assert_allclose(prob.sum(1), 1.0)
+    np.testing.assert_array_equal(prob.argmax(1) == 1, (p > 0.5) | (s > 1.3))
+    np.testing.assert_allclose(bench.combine(p, None, math.inf)[:, 1], p)
+
+
+def test_choose_rule_picks_a_separating_score_and_declines_a_useless_one():
+    rng = np.random.default_rng(1)
+    y = np.r_[np.zeros(400, int), np.ones(300, int)]
+    normal = y == 0
+    # the classifier misses the last 100 attacks (an unseen type); "good" scores exactly those far from normal
+    p = np.r_[rng.uniform(0, 0.3, 400), rng.uniform(0.7, 1, 200), rng.uniform(0, 0.3, 100)]
+    good = np.r_[rng.uniform(0, 1, 400), rng.uniform(0, 1, 200), rng.uniform(5, 6, 100)]
+    rule, grid = bench.choose_rule(y, normal, p, {"good": good})
+    assert rule["score"] == "good" and rule["val_mcc"] > grid[0]["val_mcc"]
+    assert rule["thr"] == pytest.approx(np.quantile(good[normal], 1 - rule["fpr"]))
+    assert len(grid) == 1 + len(bench.FPR_GRID)
+    # a score independent of the label only adds false alarms: the plain classifier is kept
+    noise = rng.uniform(0, 1, 700)
+    p_ok = np.r_[rng.uniform(0, 0.3, 400), rng.uniform(0.7, 1, 300)]
+    rule, _ = bench.choose_rule(y, normal, p_ok, {"noise": noise})
+    assert rule["score"] is None and math.isinf(rule["thr"])
+
+
+def _run(seed, model, acc, mcc, task="binary"):
+    test = {"accuracy": acc, "mcc": mcc, "f1_attack": acc}
+    return {"task": task, "model": model, "seed": seed, "val": 0.99, "params": 10, "test": test, "seconds": 1.0}
+
+
+def _doc(path, seeds, epochs=25):
+    env = {"epochs": epochs, "recipe": bench.RECIPE, "widths": bench.SMALL, "limit": 0, "device": "x", "torch": "t",
+           "date": "d"}
+    runs = [r for s in seeds for r in (_run(s, "tchnet", 0.80 + 0.01 * s, 0.60 + 0.01 * s),
+                                       _run(s, "tchnet_nofusion", 0.79, 0.60))]
+    path.write_text(json.dumps({"env": env, "runs": runs, "summary": []}))
+    return str(path)
+
+
+def test_merge_combines_disjoint_seeds_and_recomputes_table_and_paired_gain(tmp_path):
+    a, b = _doc(tmp_path / "a.json", [0, 1, 2]), _doc(tmp_path / "b.json", [3, 4])
+    md = bench.merge_runs([a, b], tmp_path / "m")
+    doc = json.loads((tmp_path / "m" / "results.json").read_text())
+    assert len(doc["runs"]) == 10 and doc["env"]["seeds"] == [0, 1, 2, 3, 4]
+    row = next(t for t in doc["summary"] if t["model"] == "tchnet")
+    accs = [0.80 + 0.01 * s for s in range(5)]
+    assert row["seeds"] == 5
+    assert row["test"]["accuracy"][0] == pytest.approx(np.mean(accs))
+    assert row["test"]["accuracy"][1] == pytest.approx(np.std(accs))
+    gain = doc["cbgaf_gain"]["binary"]["accuracy"]
+    assert gain["per_seed"] == pytest.approx([100 * (a - 0.79) for a in accs])
+    assert gain["mean"] == pytest.approx(100 * (np.mean(accs) - 0.79))
+    assert "| binary | tchnet | 10 | 5 |" in md and "CB-GAF − concat" in md
+
+
+def test_merge_refuses_other_settings_and_repeated_seeds(tmp_path):
+    a = _doc(tmp_path / "a.json", [0, 1])
+    with pytest.raises(ValueError, match="epochs"):
+        bench.merge_runs([a, _doc(tmp_path / "b.json", [3], epochs=5)], tmp_path / "m")
+    with pytest.raises(ValueError, match="repeats"):
+        bench.merge_runs([a, _doc(tmp_path / "c.json", [1, 2])], tmp_path / "m")
+
+
+def test_shipped_benchmark_json_has_the_settings_a_new_default_run_writes():
+    # the new seeds must be trained exactly like the old ones: the script's defaults equal the recorded settings
+    old = json.loads((Path(__file__).resolve().parents[2] / "docs/benchmarks/tchnet_nslkdd.json").read_text())["env"]
+    assert old["recipe"] == bench.RECIPE and old["widths"] == bench.SMALL
+    assert old["epochs"] == 25 and old["limit"] == 0
+
+
+def test_row_labels_follow_the_split_and_agree_with_the_binary_labels(tmp_path):
+    train = need(NSLKDD_FILES["train20"])
+    lines = train.read_text().splitlines()[:1500]
+    small = tmp_path / "train.txt"
+    small.write_text("\n".join(lines) + "\n")
+    dm = FlowDataModule(train_path=str(small), test_path=str(small), task="binary")
+    dm.setup()
+    for split in ("train", "val", "test"):
+        names, y = dm.row_labels[split], dm.datasets[split].y.numpy()
+        assert len(names) == len(y)
+        np.testing.assert_array_equal(names != "normal", y == 1)
+    assert len(dm.row_labels["train"]) + len(dm.row_labels["val"]) == 1500
+    df = read_nslkdd(small)
+    np.testing.assert_array_equal(attack_names(df) != "normal", labels_of(df, "nslkdd", "binary") == 1)
+    with pytest.raises(ValueError, match="no label column"):
+        attack_names(df.drop(columns=["label"]))
+
+
+def test_novelty_study_chooses_on_validation_and_scores_the_full_classifier_once(tmp_path, monkeypatch):
+    lines = need(NSLKDD_FILES["train20"]).read_text().splitlines()[:3000]
+    small = tmp_path / "train.txt"
+    small.write_text("\n".join(lines) + "\n")
+    dm = FlowDataModule(train_path=str(small), test_path=str(small), task="binary")
+    dm.setup()
+    data = {k: bench.tensors(dm.datasets[k], torch.device("cpu")) for k in ("train", "val", "test")}
+    margs = dm.model_args()
+    ctx = bench.novelty_context(data, dict(dm.row_labels), margs, dm.class_counts, 2, torch.device("cpu"))
+    assert ctx["held"] and not ctx["unseen"].any()  # the "test" file here is the training file: nothing unseen
+    full = bench.build_model("mlp", margs, 0, torch.device("cpu"))
+    bench.train_nn(full, data, "binary", dm.class_counts, 2, 0, torch.device("cpu"), lambda m: None)
+    # the held-out classifier must never see a held-out type: wrap train_nn to check what it is given
+    seen = []
+    real = bench.train_nn
+
+    def spy(model, sub, *a, **k):
+        seen.append(sub["train"][2].shape[0])
+        return real(model, sub, *a, **k)
+
+    monkeypatch.setattr(bench, "train_nn", spy)
+    row = bench.novelty_study("mlp", 0, full, ctx, lambda m: None)
+    n_held = int(np.isin(dm.row_labels["train"], ctx["held"]).sum())
+    assert seen == [len(dm.row_labels["train"]) - n_held]
+    assert row["novelty_val_rows"]["held_out"] == n_held + int(np.isin(dm.row_labels["val"], ctx["held"]).sum())
+    best = max(g["val_mcc"] for g in row["val_grid"])
+    assert row["rule"]["val_mcc"] == best
+    assert {g["score"] for g in row["val_grid"]} == {None, "knn", "iforest"}  # the MLP has no reconstruction head
+    ys = data["test"][2].numpy()
+    plain = bench.flow_metrics(ys, bench.predict(full, data["test"][0], data["test"][1]).numpy())
+    assert row["test_plain"]["accuracy"] == pytest.approx(plain["accuracy"])
+    if row["rule"]["score"] is None:
+        assert row["test"]["accuracy"] == pytest.approx(plain["accuracy"])
+    else:
+        assert row["diagnostics"]["normal_false_alarm"] >= row["diagnostics"]["normal_false_alarm_plain"]
