@@ -30,6 +30,7 @@ import torch
 
 from gatedzoo.data.singlecell import (
     INPUT_KINDS,
+    SETUP_KEY,
     DataCheckError,
     GeneVocab,
     TokenizedCells,
@@ -40,7 +41,7 @@ from gatedzoo.zoo import create_model
 
 log = logging.getLogger("gatedzoo")
 
-REGISTRY_KEY = "_scfm_setup"
+REGISTRY_KEY = SETUP_KEY  # adata.uns key of setup_anndata (read back by read_dataset for saved files)
 
 
 class SCFM:

@@ -25,7 +25,8 @@ class AttentionArgs:
 
     ``packed`` is True for the ``cu_seqlens`` layout, where q, k, v, gate are ``[total, H, D]``.
     ``gate_kind`` is ``None``, ``"headwise"`` or ``"elementwise"``. ``scale`` is always a float here. ``dropout_p``
-    is the attention-probability dropout of this call (0 outside training).
+    is the attention-probability dropout of this call (0 outside training). ``max_seqlen`` is the caller's bound on
+    the longest packed sequence (``None``: the Triton launcher reads it from ``cu_seqlens``, a device sync).
     """
 
     q: torch.Tensor
@@ -45,6 +46,7 @@ class AttentionArgs:
     gate_kind: str | None
     packed: bool
     dropout_p: float = 0.0
+    max_seqlen: int | None = None
 
     @property
     def num_heads(self) -> int:
@@ -116,7 +118,7 @@ def _check_lengths(name: str, t: torch.Tensor, q: torch.Tensor, size: int) -> No
 
 def validate(
     q, k, v, *, activation, scale, sigmoid_bias, alibi_slopes, decay, decay_mode, positions, seq_lens, cu_seqlens,
-    causal, gate, backend, dropout_p=0.0,
+    causal, gate, backend, dropout_p=0.0, max_seqlen=None,
 ) -> AttentionArgs:
     """Check every argument of :func:`kernels.attention` and return the normalised :class:`AttentionArgs`."""
     if not isinstance(dropout_p, (int, float)) or isinstance(dropout_p, bool) or not 0.0 <= dropout_p < 1.0:
@@ -229,6 +231,18 @@ def validate(
                     f"attention: cu_seqlens must start at 0, be non-decreasing and end at the number of packed "
                     f"tokens ({seqlen_q}); got {c[:4]}{'...' if len(c) > 4 else ''}{c[-1:]}."
                 )
+    if max_seqlen is not None:
+        if not packed:
+            raise ValueError("attention: `max_seqlen` bounds the packed sequences of `cu_seqlens`; drop it for the "
+                             "padded layout (its length is the tensor's T).")
+        if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, int) or max_seqlen < 1:
+            raise ValueError(f"attention: max_seqlen={max_seqlen!r} must be a positive Python int (the longest "
+                             "sequence of cu_seqlens, known on the host), not a tensor.")
+        if check_values(cu_seqlens):
+            longest = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+            if longest > max_seqlen:
+                raise ValueError(f"attention: max_seqlen={max_seqlen} but cu_seqlens holds a sequence of {longest} "
+                                 f"tokens; pass max_seqlen >= {longest} (an upper bound is fine).")
 
     gate_kind = None
     if gate is not None:
@@ -249,4 +263,5 @@ def validate(
         q=q, k=k, v=v, activation=activation, scale=scale, sigmoid_bias=sigmoid_bias, alibi_slopes=alibi_slopes,
         decay=decay, decay_mode=decay_mode, positions=positions, seq_lens=seq_lens, cu_seqlens=cu_seqlens,
         causal=bool(causal), gate=gate, gate_kind=gate_kind, packed=packed, dropout_p=float(dropout_p),
+        max_seqlen=max_seqlen,
     )

@@ -75,6 +75,7 @@ def attention(
     gate: torch.Tensor | None = None,
     backend: str = "auto",
     dropout_p: float = 0.0,
+    max_seqlen: int | None = None,
 ) -> torch.Tensor:
     """Sigmoid or softmax attention with positional biases, padding, varlen, GQA and a fused output gate.
 
@@ -97,6 +98,11 @@ def attention(
         seq_lens (Tensor, Optional): ``[B]`` int32 valid lengths with trailing padding; keys past the length are
             masked and padded query rows return 0.
         cu_seqlens (Tensor, Optional): ``[B + 1]`` int32 cumulative lengths of the packed layout.
+        max_seqlen (int, Optional): with ``cu_seqlens``, an upper bound on the longest sequence, as a host int
+            (FlashAttention's varlen convention). Given, the Triton path needs no device-to-host copy of
+            ``cu_seqlens`` (no GPU sync per call); a larger bound only launches tiles that exit at once. Checked
+            against ``cu_seqlens`` on CPU, on CUDA with ``GATEDZOO_CHECK_VALUES=1``. Default: read it from
+            ``cu_seqlens``.
         causal (bool): mask keys ``j > i`` (top-left aligned when ``T != S``). Default: ``False``.
         gate (Tensor, Optional): output-gate logits ``[B, T, H]`` (headwise) or ``[B, T, H, D]`` (elementwise);
             the output is multiplied by ``sigmoid(gate)``.
@@ -120,7 +126,7 @@ def attention(
     a = validate(
         q, k, v, activation=activation, scale=scale, sigmoid_bias=sigmoid_bias, alibi_slopes=alibi_slopes,
         decay=decay, decay_mode=decay_mode, positions=positions, seq_lens=seq_lens, cu_seqlens=cu_seqlens,
-        causal=causal, gate=gate, backend=backend, dropout_p=dropout_p,
+        causal=causal, gate=gate, backend=backend, dropout_p=dropout_p, max_seqlen=max_seqlen,
     )
     chosen = select_backend(a, backend)
     if chosen == "triton":

@@ -144,7 +144,9 @@ def triton_attention(a: AttentionArgs) -> torch.Tensor:
     compiling = torch.compiler.is_compiling()
     max_seqlen = 0
     if a.packed:
-        if compiling:
+        if a.max_seqlen is not None:
+            max_seqlen = a.max_seqlen  # the caller's host-side bound: no device-to-host copy
+        elif compiling:
             max_seqlen = a.q.shape[0]  # an upper bound that needs no device-to-host copy
         else:
             max_seqlen = int((a.cu_seqlens[1:] - a.cu_seqlens[:-1]).max())

@@ -109,3 +109,20 @@ def test_finetune_predict_and_save_roundtrip(model, tmp_path):
 def test_model_without_vocabulary_is_refused():
     with pytest.raises(ValueError, match="gene vocabulary"):
         SCFM(gatedzoo.create_model("scfm_sigmoid_tiny"), device="cpu")
+
+
+def test_saved_setup_travels_with_the_file_into_gatedzoo_eval(model, fresh, tmp_path):
+    from gatedzoo.tasks import EVALUATORS
+
+    fresh.obs["cell_type"] = np.where(np.arange(40) < 20, "ctrl_like", "stim_like")
+    del fresh.layers["counts"]  # a user file with log-normalised data only
+    path = tmp_path / "mine.h5ad"
+    fresh.write_h5ad(path)
+    evaluate = EVALUATORS[model.module.zoo_config["task"]]
+    with pytest.raises(DataCheckError, match=r"setup_anndata\(adata, input='log1p'\).*write_h5ad"):
+        evaluate(model.module, data=str(path), split="test")
+    SCFM.setup_anndata(fresh, input="log1p", labels_key="cell_type")
+    fresh.write_h5ad(path)
+    assert read_dataset(str(path))[1] == {"input": "log1p", "labels_key": "cell_type"}
+    out = evaluate(model.module, data=str(path), split="test")
+    assert out["n_cells"] == 40 and np.isfinite(out["masked_loss"]) and 0 <= out["knn_acc"] <= 1

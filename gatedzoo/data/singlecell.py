@@ -40,6 +40,11 @@ _ENSEMBL = re.compile(r"^ENS[A-Z]*G\d{6,}")
 MIN_GENE_OVERLAP = 0.5
 
 
+#: where :meth:`gatedzoo.singlecell.SCFM.setup_anndata` registers an AnnData's fields, and which fields those are
+SETUP_KEY = "_scfm_setup"
+SETUP_FIELDS = ("layer", "gene_key", "batch_key", "labels_key", "input")
+
+
 class DataCheckError(ValueError):
     """An AnnData cannot be used as given; the message says what is wrong and how to fix it."""
 
@@ -316,7 +321,9 @@ def check_anndata(adata, vocab: GeneVocab, *, layer: str | None = None, use_raw:
             f"{_where(layer, use_raw)} holds non-integer values (looks {kind}), but the model expects raw counts. "
             + (f"Pass layer= one of {counts_layers} if it holds counts. " if counts_layers else "")
             + "If no counts exist, pass input='log1p' to accept normalised/log data knowingly (tokens are per-cell "
-            "ranks, so log1p(normalised counts) tokenises like counts; do not reverse-engineer counts)."
+            "ranks, so log1p(normalised counts) tokenises like counts; do not reverse-engineer counts). For a file "
+            "(gatedzoo eval --data, recipes): SCFM.setup_anndata(adata, input='log1p') (or layer='counts'), then "
+            "adata.write_h5ad(path): the setup travels in adata.uns."
         )
     nnz = np.asarray((sample > 0).sum(1)).ravel()
     if (nnz == 0).any():
@@ -370,7 +377,9 @@ def read_dataset(name: str, backed: bool = False):
     """Return ``(adata, reader kwargs)`` for a named dataset or an ``.h5ad`` path.
 
     ``pbmc68k_reduced``: ``.X`` is scaled, so ``use_raw=True`` with ``input="log1p"`` (log-normalised; no counts
-    exist) and ``labels_key="bulk_labels"``. ``pbmc_stim``: raw counts, ``batch_key="batch"``, no labels.
+    exist) and ``labels_key="bulk_labels"``. ``pbmc_stim``: raw counts, ``batch_key="batch"``, no labels. A user
+    ``.h5ad`` written after :meth:`gatedzoo.singlecell.SCFM.setup_anndata` gives back the fields registered there
+    (``adata.uns["_scfm_setup"]``); otherwise ``{}`` (``.X``, counts expected).
     """
     import anndata as ad
 
@@ -383,7 +392,11 @@ def read_dataset(name: str, backed: bool = False):
     path = Path(name).expanduser()
     if path.suffix != ".h5ad" or not path.exists():
         raise FileNotFoundError(f"dataset {name!r}: use 'pbmc68k_reduced', 'pbmc_stim' or an existing .h5ad path.")
-    return ad.read_h5ad(path, backed="r" if backed else None), {}
+    adata = ad.read_h5ad(path, backed="r" if backed else None)
+    # a file saved after SCFM.setup_anndata carries its fields (layer, gene_key, labels_key, input, ...) in .uns,
+    # as scvi-tools' registry does: `gatedzoo eval --data` and the data modules read it the way the user set it up
+    setup = adata.uns.get(SETUP_KEY, {})
+    return adata, {k: str(v) for k, v in dict(setup).items() if k in SETUP_FIELDS}
 
 
 def dataset_genes(name: str) -> list[str]:

@@ -178,15 +178,17 @@ class MultiheadAttention(nn.Module):
         cu_seqlens: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
         causal: bool = False,
+        max_seqlen: int | None = None,
     ) -> torch.Tensor:
         """``x``: ``[B, T, C]`` (packed ``[total, C]`` with ``cu_seqlens``); returns the same shape.
 
         ``context`` (``[B, S, C_ctx]``) switches to cross-attention; ``seq_lens`` / ``cu_seqlens`` / ``positions`` /
-        ``causal`` are passed to the core (see :func:`gatedzoo.kernels.attention`).
+        ``causal`` / ``max_seqlen`` (host-side bound on the packed sequences: no GPU sync) are passed to the core
+        (see :func:`gatedzoo.kernels.attention`).
         """
         q, k, v, gate = self._project(x, context)
         out = attention(q, k, v, gate=gate, backend=self.backend, dropout_p=self.attn_drop if self.training else 0.0,
-                        **self._core_kwargs(seq_lens, cu_seqlens, positions, causal))
+                        max_seqlen=max_seqlen, **self._core_kwargs(seq_lens, cu_seqlens, positions, causal))
         return self.out_proj(out.reshape(*out.shape[:-2], -1))
 
     @torch.no_grad()

@@ -64,16 +64,22 @@ def _segment_index(length: int, window: int, shift: int, device) -> tuple[torch.
     """Gather index into the segment slots, its inverse, the segment lengths and the segment count (cached).
 
     Slot ``s * window + t`` holds token ``start_s + t`` (or the zero token ``length`` past the segment's end).
+    Under ``torch.compile`` the tensors are built inside the graph (constants of the graph) and never cached:
+    a tensor made inside a compiled region and kept in a global would be an output of the region, which CUDA-graph
+    replays (``mode="reduce-overhead"``) overwrite.
     """
     key = (length, window, shift, str(device))
-    if key not in _segment_cache:
-        segs = axis_segments(length, window, shift)
-        gather = [s + t if t < n else length for s, n in segs for t in range(window)]
-        scatter = [i * window + t for i, (_, n) in enumerate(segs) for t in range(n)]
-        lens = [n for _, n in segs]
-        _segment_cache[key] = (torch.tensor(gather, device=device), torch.tensor(scatter, device=device),
-                               torch.tensor(lens, device=device, dtype=torch.int32), len(segs))
-    return _segment_cache[key]
+    if key in _segment_cache and not torch.compiler.is_compiling():
+        return _segment_cache[key]
+    segs = axis_segments(length, window, shift)
+    gather = [s + t if t < n else length for s, n in segs for t in range(window)]
+    scatter = [i * window + t for i, (_, n) in enumerate(segs) for t in range(n)]
+    lens = [n for _, n in segs]
+    out = (torch.tensor(gather, device=device), torch.tensor(scatter, device=device),
+           torch.tensor(lens, device=device, dtype=torch.int32), len(segs))
+    if not torch.compiler.is_compiling():
+        _segment_cache[key] = out
+    return out
 
 
 class Stem(nn.Module):

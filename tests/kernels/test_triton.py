@@ -238,3 +238,38 @@ def test_custom_op_path_matches_reference(name, monkeypatch):
 
     monkeypatch.setattr(autograd, "EAGER_CUSTOM_OP", True)
     check(CASES[name], torch.float32)
+
+
+def test_max_seqlen_bound_skips_the_length_readback_and_changes_nothing(monkeypatch):
+    """A host-side ``max_seqlen`` (exact or a loose bound) reaches the launcher instead of a read of ``cu_seqlens``
+    (which would synchronise the GPU), and output and gradients stay identical."""
+    case = dict(CASES["packed"])
+    grads, opts = make_inputs(case, torch.float32)
+    dout = torch.randn(grads["q"].shape, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    longest = int((opts["cu_seqlens"][1:] - opts["cu_seqlens"][:-1]).max())
+    seen = []
+    real = tk.attention_forward
+
+    def spy(*args):
+        seen.append(args[-1])  # max_seqlen is the launcher's last argument
+        return real(*args)
+
+    monkeypatch.setattr(tk, "attention_forward", spy)
+    base = run_and_grad(lambda **g: attention(**g, **opts, backend="triton"), grads, dout)
+    for bound in (longest, 4 * longest):
+        got = run_and_grad(lambda b=bound, **g: attention(**g, **opts, backend="triton", max_seqlen=b), grads, dout)
+        assert seen[-1] == bound
+        for x, r in zip(got, base):
+            assert torch.equal(x, r)
+    assert seen[0] == longest  # without the bound the launcher read it from cu_seqlens
+
+
+def test_max_seqlen_is_checked_up_front():
+    grads, opts = make_inputs(dict(CASES["packed"]), torch.float32)
+    q, k, v = grads["q"], grads["k"], grads["v"]
+    with pytest.raises(ValueError, match=r"max_seqlen=3 but cu_seqlens holds a sequence of 40 tokens"):
+        attention(q, k, v, **opts, max_seqlen=3)
+    with pytest.raises(ValueError, match="positive Python int"):
+        attention(q, k, v, **opts, max_seqlen=torch.tensor(40))
+    with pytest.raises(ValueError, match="drop it for the padded layout"):
+        attention(q[None], k[None], v[None], max_seqlen=8)

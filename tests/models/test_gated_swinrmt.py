@@ -187,3 +187,20 @@ def test_zoo_create_model_adapts_the_stem_to_rgb():
     back = gatedzoo.create_model(SHIPPED[0], pretrained=True, in_chans=2).eval()
     with torch.no_grad():
         torch.testing.assert_close(back(x.repeat(1, 2, 1, 1)), grey(x), atol=2e-3, rtol=1e-3)
+
+
+def test_compiled_model_matches_eager_and_keeps_no_graph_tensors_in_the_index_cache():
+    """Under torch.compile the window indices are graph constants, never cached: a cached tensor made inside a
+    compiled region is one of its outputs, which CUDA-graph replays (mode="reduce-overhead") would overwrite."""
+    from gatedzoo.models import gated_swinrmt
+
+    torch.manual_seed(0)
+    m = gatedzoo.create_model("gated_swinrmt_swat_tiny", img_size=28, in_chans=1, num_classes=10,
+                              stem_stride=2).eval()
+    x = torch.randn(2, 1, 28, 28)
+    gated_swinrmt._segment_cache.clear()
+    torch._dynamo.reset()
+    y = torch.compile(m, backend="aot_eager", fullgraph=True)(x)  # fullgraph: no graph break either
+    assert not gated_swinrmt._segment_cache
+    assert torch.allclose(y, m(x), atol=1e-5)
+    assert gated_swinrmt._segment_cache  # eager calls still cache their indices
