@@ -30,6 +30,7 @@ import torch
 
 from gatedzoo.data.singlecell import (
     INPUT_KINDS,
+    SETUP_FIELDS,
     SETUP_KEY,
     DataCheckError,
     GeneVocab,
@@ -94,8 +95,8 @@ class SCFM:
                                  "Pass layer=None to use .X.")
         if gene_key is not None and gene_key not in adata.var:
             raise DataCheckError(f"var has no column {gene_key!r}; columns are {list(adata.var.columns)}.")
-        adata.uns[REGISTRY_KEY] = {k: v for k, v in dict(layer=layer, gene_key=gene_key, batch_key=batch_key,
-                                                          labels_key=labels_key, input=input).items() if v is not None}
+        fields = dict(layer=layer, gene_key=gene_key, batch_key=batch_key, labels_key=labels_key, input=input)
+        adata.uns[REGISTRY_KEY] = {k: fields[k] for k in SETUP_FIELDS if fields[k] is not None}
 
     def _fields(self, adata) -> dict:
         if REGISTRY_KEY not in adata.uns:

@@ -116,6 +116,11 @@ def _check_lengths(name: str, t: torch.Tensor, q: torch.Tensor, size: int) -> No
         raise ValueError(f"attention: `{name}` must have shape [{size}], got {list(t.shape)}.")
 
 
+def longest_packed(cu_seqlens: torch.Tensor) -> int:
+    """Length of the longest sequence of a ``[B + 1]`` ``cu_seqlens`` (a device-to-host copy on CUDA)."""
+    return int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+
+
 def validate(
     q, k, v, *, activation, scale, sigmoid_bias, alibi_slopes, decay, decay_mode, positions, seq_lens, cu_seqlens,
     causal, gate, backend, dropout_p=0.0, max_seqlen=None,
@@ -239,7 +244,7 @@ def validate(
             raise ValueError(f"attention: max_seqlen={max_seqlen!r} must be a positive Python int (the longest "
                              "sequence of cu_seqlens, known on the host), not a tensor.")
         if check_values(cu_seqlens):
-            longest = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+            longest = longest_packed(cu_seqlens)
             if longest > max_seqlen:
                 raise ValueError(f"attention: max_seqlen={max_seqlen} but cu_seqlens holds a sequence of {longest} "
                                  f"tokens; pass max_seqlen >= {longest} (an upper bound is fine).")

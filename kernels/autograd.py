@@ -12,7 +12,7 @@ import os
 import torch
 
 from . import triton_kernels as tk
-from ._args import AttentionArgs
+from ._args import AttentionArgs, longest_packed
 
 MAX_HEAD_DIM = 256
 # tests set this to run eager calls through the custom op too (the path torch.compile takes)
@@ -149,7 +149,7 @@ def triton_attention(a: AttentionArgs) -> torch.Tensor:
         elif compiling:
             max_seqlen = a.q.shape[0]  # an upper bound that needs no device-to-host copy
         else:
-            max_seqlen = int((a.cu_seqlens[1:] - a.cu_seqlens[:-1]).max())
+            max_seqlen = longest_packed(a.cu_seqlens)
     inputs = (
         a.q.contiguous(), a.k.contiguous(), a.v.contiguous(), _contig(a.gate), _contig(bias),
         _contig(a.alibi_slopes), _contig(a.decay), _contig(a.positions), _contig(a.seq_lens), _contig(a.cu_seqlens),
