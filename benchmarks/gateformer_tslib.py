@@ -45,6 +45,8 @@ BASELINES = {
                  "DLinear": [(0.088, 0.218), (0.176, 0.315), (0.313, 0.427), (0.839, 0.695)]},
 }
 TARGET_AVG = {"etth1": 0.440, "exchange": 0.354}
+# ``--run-cell`` spec keys that are arguments of the Forecasting task (not of the model), with their types
+TASK_KEYS = {"lr": float, "loss": str, "huber_delta": float}
 
 
 def _build(spec):
@@ -56,8 +58,9 @@ def _build(spec):
 def parse_cell(spec: str) -> tuple[str, dict, str]:
     """``"etth1_96"`` or ``"etth1_96+variate_activation=sigmoid+seed=2022"`` -> (recipe, overrides, folder name).
 
-    Values are read as YAML scalars (``dropout=0.2`` is a float). ``seed``, ``lr`` and ``batch_size`` override the
-    recipe's seed, learning rate and training batch size; every other key is a model argument.
+    Values are read as YAML scalars (``dropout=0.2`` is a float). ``seed`` and ``batch_size`` override the recipe's
+    seed and training batch size, the keys of ``TASK_KEYS`` (``lr``, ``loss``, ``huber_delta``) the arguments of
+    the :class:`~gatedzoo.tasks.forecasting.Forecasting` task; every other key is a model argument.
     """
     import yaml
 
@@ -95,8 +98,9 @@ def run_cell(spec: str, out: Path, tiny: bool, backend: str, max_minutes: float)
     if tiny:
         tr.update(max_epochs=2, limit_train_batches=5, limit_val_batches=2)
     model_cfg = cfg["model"]
-    if "lr" in over:
-        model_cfg["init_args"]["lr"] = float(over.pop("lr"))
+    for key, cast in TASK_KEYS.items():
+        if key in over:
+            model_cfg["init_args"][key] = cast(over.pop(key))
     if "batch_size" in over:
         cfg["data"]["init_args"]["batch_size"] = int(over.pop("batch_size"))
     model_cfg["init_args"]["model_args"] = {**model_cfg["init_args"].get("model_args", {}), "backend": backend, **over}
@@ -115,7 +119,7 @@ def run_cell(spec: str, out: Path, tiny: bool, backend: str, max_minutes: float)
         "epochs": trainer.current_epoch, "stopped_early": bool(stopper and stopper.stopped_epoch > 0),
         "steps": trainer.global_step, "train_seconds": round(seconds, 1),
         "params": sum(p.numel() for p in task.model.parameters()), "model_args": task.hparams.model_args,
-        "lr": task.hparams.lr, "batch_size": dm.batch_size, "backend": backend,
+        "lr": task.hparams.lr, "loss": task.hparams.loss, "batch_size": dm.batch_size, "backend": backend,
     }
 
 

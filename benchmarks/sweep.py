@@ -1,10 +1,14 @@
 """Tile-config sweep for the Triton kernels (bf16, dense, non-causal): prints every config's time per shape.
 
-Used to choose ``triton_kernels.CONFIGS``; see ``benchmarks/NOTES.md``. ``python benchmarks/sweep.py``.
+Used to choose ``triton_kernels.CONFIGS`` and ``WINDOW_TILES``; see ``benchmarks/NOTES.md``.
+``python benchmarks/sweep.py`` (long-sequence tiles, both dQ modes); ``--windows`` (small-window forward: packed
+tiles against the one-window-per-program kernel), ``--gate`` (fused-gate overhead), ``--d64`` (D = 64 tiles only).
 """
 
 from __future__ import annotations
 
+import argparse
+import functools
 import math
 import sys
 from pathlib import Path
@@ -13,14 +17,14 @@ import torch
 import triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from attention import HIDDEN, TOKENS, attention, rand, tk  # noqa: E402
+from attention import HIDDEN, TOKENS, attention, bench, ceilings, gate_rows, rand, tk  # noqa: E402
 
 cfg = tk._cfg
 SWEEP = {
     ("fwd", "d128"): [cfg(128, 128, 8, 2), cfg(128, 128, 8, 3), cfg(128, 64, 8, 3), cfg(128, 64, 4, 3),
                       cfg(64, 128, 4, 3)],
     ("fwd", "d64"): [cfg(128, 128, 8, 3), cfg(128, 128, 4, 3), cfg(128, 64, 4, 3), cfg(128, 64, 8, 4),
-                     cfg(64, 64, 4, 3)],
+                     cfg(64, 64, 4, 3), cfg(128, 64, 4, 4), cfg(128, 64, 8, 3), cfg(128, 32, 4, 3)],
     ("dkdv", "d128"): [cfg(64, 128, 8, 2), cfg(64, 128, 8, 1), cfg(64, 128, 8, 3), cfg(32, 128, 8, 2),
                        cfg(64, 64, 4, 2), cfg(128, 64, 8, 2), cfg(128, 128, 8, 1)],
     ("dkdv", "d64"): [cfg(64, 128, 8, 2), cfg(64, 128, 4, 3), cfg(128, 128, 8, 2)],
@@ -58,7 +62,60 @@ def run(N: int, D: int, mode: str) -> None:
         print("  " + timings("dq", size))
 
 
+# Small-window alternatives, forward: ``None`` = the general kernel (one window per program), ``(BLOCK, warps)`` =
+# the packed-window kernel (at N = 49 one window per tile), a ``triton.Config`` = the general kernel's "s64" tile.
+WINDOW_SWEEP = {
+    7: [None, (16, 2), (32, 2), (32, 4), (64, 4)],
+    14: [None, (32, 2), (32, 4), (64, 4)],
+    16: [None, (32, 2), (32, 4), (64, 4)],
+    49: [cfg(64, 64, 4, 1), (64, 2), (64, 4), (64, 8)],
+}
+
+
+def windows(copy_gbps: float, n_windows: int = 262144, H: int = 4, D: int = 32) -> None:
+    """The small-window benchmark's shapes (``attention.window_rows``) under every ``WINDOW_SWEEP`` alternative."""
+    saved_tiles, saved_s64 = list(tk.WINDOW_TILES), tk.CONFIGS[("fwd", "s64")]
+    for N, alternatives in WINDOW_SWEEP.items():
+        side = math.ceil(math.sqrt(N))
+        idx = torch.arange(N)
+        pos = torch.stack([idx // side, idx % side], 1).cuda()
+        decay = -torch.rand(H, device="cuda") * 0.5
+        q, k, v = (rand(n_windows, N, H, D, grad=False) for _ in range(3))
+        nbytes = 4 * q.numel() * q.element_size()
+        for alt in alternatives:
+            if isinstance(alt, triton.Config):
+                tk.CONFIGS[("fwd", "s64")] = [alt]
+                tk.WINDOW_TILES[:] = []
+                label = f"general {alt.kwargs['BLOCK_M']}x{alt.kwargs['BLOCK_N']}w{alt.num_warps}s{alt.num_stages}"
+            else:
+                tk.WINDOW_TILES[:] = [] if alt is None else [(64, alt[0], alt[1])]
+                label = "general (one window per program)" if alt is None else f"packed {alt[0]} rows w{alt[1]}"
+            ms = bench(functools.partial(attention, q, k, v, decay=decay, positions=pos))
+            gbps = nbytes / ms / 1e6
+            share = 100 * gbps / copy_gbps
+            print(f"window N={N:2d} {label:34s} {ms:.3f} ms {gbps:6.0f} GB/s = {share:5.1f} % of copy", flush=True)
+            tk.WINDOW_TILES[:] = saved_tiles
+            tk.CONFIGS[("fwd", "s64")] = saved_s64
+        del q, k, v
+        torch.cuda.empty_cache()
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--windows", action="store_true", help="small-window forward alternatives")
+    parser.add_argument("--gate", action="store_true", help="fused-gate overhead (the benchmark's gate rows)")
+    parser.add_argument("--d64", action="store_true", help="D = 64 tiles at N = 16384 and 1024 only")
+    args = parser.parse_args()
+    if args.windows:
+        windows(ceilings()["copy_GBps"])
+    if args.gate:
+        gate_rows()
+    if args.d64:
+        tk.CONFIGS.update(SWEEP)
+        for N in (16384, 1024):
+            run(N, 64, "atomic")
+    if args.windows or args.gate or args.d64:
+        return
     tk.CONFIGS.update(SWEEP)
     for N, D in ((16384, 128), (1024, 128), (16384, 64), (1024, 64)):
         run(N, D, "atomic")

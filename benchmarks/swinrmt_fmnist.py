@@ -452,6 +452,10 @@ def main() -> None:
     p.add_argument("--max-epochs", type=int, default=100)
     p.add_argument("--min-epochs", type=int, default=1)
     p.add_argument("--tp-steps", type=int, default=20)
+    p.add_argument("--throughput-only", action="store_true",
+                   help="measure images/s (our kernels vs the reference attention) and stop: no training run")
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+                   help="with --throughput-only: the variants to measure (default: all three)")
     p.add_argument("--compile", default="none", choices=["none", "default", "reduce-overhead",
                                                          "max-autotune-no-cudagraphs"],
                    help="torch.compile mode of the training step's model (both backends, throughput and training); "
@@ -507,7 +511,7 @@ def main() -> None:
     phases = {}
 
     pre = {}
-    if args.compile != "none":
+    if args.compile != "none" and not args.throughput_only:
         t = time.time()
         pre = run_precompile(args, work, limit, min(deadline - MIN_TRAIN_S - 60, time.time() + 240))
         phases["precompile_s"] = time.time() - t
@@ -517,7 +521,7 @@ def main() -> None:
     data = load(args.data, device)
     tp = {}
     steps = args.tp_steps
-    for v in VARIANTS:
+    for v in args.variants if args.throughput_only else VARIANTS:
         for backend in ("auto", "reference"):
             for mode in ("none",) + ((args.compile,) if args.compile != "none" else ()):
                 key = f"{v}/{backend}" + ("/compiled" if mode != "none" else "")
@@ -534,6 +538,9 @@ def main() -> None:
     if device.type == "cuda":
         torch.cuda.empty_cache()
     phases["throughput_s"] = time.time() - t
+    if args.throughput_only:
+        (out / "throughput.json").write_text(json.dumps({"env": env, "throughput": tp, "phases": phases}, indent=1))
+        return None
 
     t_start = time.perf_counter()
     procs = []

@@ -87,16 +87,20 @@ def _head_terms(h, len_k, BIAS, SLOPES, DECAY, bias_value2, ACT: tl.constexpr, B
 
 @triton.jit
 def _distance(ii, jj, POS, T, HAS_POS: tl.constexpr):
-    """``|i - j|`` or the Manhattan distance of ``positions``; ``ii``, ``jj`` broadcast to the tile shape."""
+    """``|i - j|`` or the Manhattan distance of ``positions`` as float32; ``ii``, ``jj`` are index vectors shaped
+    to broadcast against each other (``[M, 1]`` and ``[1, N]`` or transposed).
+
+    The indices are converted to float32 *before* they broadcast: M + N conversions instead of M x N (on sm_80 and
+    sm_90 an int-to-float conversion retires 16 per clock per SM, like the special functions and against 128 FMAs, so
+    per score element it cost as much as the sigmoid itself). Exact while indices and coordinates stay below 2^24.
+    """
     if HAS_POS:
-        ri = tl.load(POS + 2 * ii, mask=ii < T, other=0)
-        ci = tl.load(POS + 2 * ii + 1, mask=ii < T, other=0)
-        rj = tl.load(POS + 2 * jj, mask=jj < T, other=0)
-        cj = tl.load(POS + 2 * jj + 1, mask=jj < T, other=0)
-        d = tl.abs(ri - rj) + tl.abs(ci - cj)
-    else:
-        d = tl.abs(ii - jj)
-    return d.to(tl.float32)
+        ri = tl.load(POS + 2 * ii, mask=ii < T, other=0).to(tl.float32)
+        ci = tl.load(POS + 2 * ii + 1, mask=ii < T, other=0).to(tl.float32)
+        rj = tl.load(POS + 2 * jj, mask=jj < T, other=0).to(tl.float32)
+        cj = tl.load(POS + 2 * jj + 1, mask=jj < T, other=0).to(tl.float32)
+        return tl.abs(ri - rj) + tl.abs(ci - cj)
+    return tl.abs(ii.to(tl.float32) - jj.to(tl.float32))
 
 
 @triton.jit
@@ -221,6 +225,9 @@ def _attn_fwd(
     v_base = V + k0 * stride_vr + kv_head * stride_vh
     bias2, coef2, mcoef2 = _head_terms(h, len_k, BIAS, SLOPES, DECAY, bias_value2, ACT, BIAS_MODE, HAS_SLOPES,
                                        DECAY_MODE)
+    if GATE == 1:
+        # issued before the key loop, whose latency hides it: one value per row costs no registers to keep
+        g = tl.load(G + q0 * stride_gr + h * stride_gh + offs_m * stride_gr, mask=row_ok, other=0.0)
 
     # key tiles [0, full_hi) need no mask; [full_hi, hi) hold the causal diagonal or the ragged end
     hi = len_k
@@ -259,7 +266,6 @@ def _attn_fwd(
     if not EVEN:
         acc = tl.where(row_ok[:, None], acc, 0.0)
     if GATE == 1:
-        g = tl.load(G + q0 * stride_gr + h * stride_gh + offs_m * stride_gr, mask=row_ok, other=0.0)
         acc = acc * tl.sigmoid(g.to(tl.float32))[:, None]
     elif GATE == 2:
         g = tl.load(G + q0 * stride_gr + h * stride_gh + offs_m[:, None] * stride_gr + offs_d[None, :],
@@ -267,6 +273,82 @@ def _attn_fwd(
         acc = acc * tl.sigmoid(g.to(tl.float32))
     tl.store(Out + q0 * stride_or + h * stride_oh + offs_m[:, None] * stride_or + offs_d[None, :],
              acc.to(Out.dtype.element_ty), mask=(offs_m < q_lim)[:, None] & (offs_d < D)[None, :])
+
+
+@triton.jit
+def _window_rows(tile, NW, T: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK: tl.constexpr):
+    """Rows of window tile ``tile`` (windows ``tile * BLOCK // T`` onwards, ``NW`` in all): the window of each row
+    within the tile, its in-window index, its global row (int64), whether it is a real row, the head-dim offsets and
+    the ``[BLOCK, BLOCK_D]`` load mask. Rows past the last whole window of the tile, or past window ``NW``, are not."""
+    WPT: tl.constexpr = BLOCK // T
+    w0 = tile * WPT
+    r = tl.arange(0, BLOCK)
+    win = r // T
+    t = r - win * T
+    row_ok = (win < WPT) & (w0 + win < NW)
+    rows = w0.to(tl.int64) * T + r
+    offs_d = tl.arange(0, BLOCK_D)
+    return win, t, rows, row_ok, offs_d, row_ok[:, None] & (offs_d < D)[None, :]
+
+
+@triton.jit
+def _attn_fwd_windows(
+    Q, K, V, G, Out, LSE, POS, BIAS, SLOPES, DECAY,
+    stride_qr, stride_qh, stride_kr, stride_kh, stride_vr, stride_vh, stride_or, stride_oh, stride_gr, stride_gh,
+    NW, H, GROUP, LSE_ROWS, scale2, bias_value2,
+    T: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr, ACT: tl.constexpr, BIAS_MODE: tl.constexpr,
+    HAS_SLOPES: tl.constexpr, DECAY_MODE: tl.constexpr, HAS_POS: tl.constexpr, CAUSAL: tl.constexpr,
+    GATE: tl.constexpr, DOT_PREC: tl.constexpr, FAST: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """Forward of many short dense windows (``NW`` sequences of ``T <= BLOCK`` tokens): one program = the
+    ``BLOCK // T`` consecutive windows of one head whose rows are contiguous, one block-diagonal score tile.
+
+    :func:`_attn_fwd` spends one program per (window, head); at a few tokens per window its time is per-program
+    latency, not bytes (N = 7 moved 44 % of copy bandwidth against 84 % at N = 16 in the same time per program).
+    Same outputs as :func:`_attn_fwd` (``Out``, and ``LSE`` for softmax), so the backward is shared.
+    """
+    pid = tl.program_id(0)
+    h = pid % H
+    win, t, rows, row_ok, offs_d, mask = _window_rows(pid // H, NW, T, D, BLOCK_D, BLOCK)
+    kv_head = h // GROUP
+    q = tl.load(Q + h * stride_qh + rows[:, None] * stride_qr + offs_d[None, :], mask=mask, other=0.0)
+    k = tl.load(K + kv_head * stride_kh + rows[:, None] * stride_kr + offs_d[None, :], mask=mask, other=0.0)
+    v = tl.load(V + kv_head * stride_vh + rows[:, None] * stride_vr + offs_d[None, :], mask=mask, other=0.0)
+    if GATE == 1:
+        g = tl.load(G + h * stride_gh + rows * stride_gr, mask=row_ok, other=0.0)
+    bias2, coef2, mcoef2 = _head_terms(h, tl.full([], T, tl.int32), BIAS, SLOPES, DECAY, bias_value2, ACT,
+                                       BIAS_MODE, HAS_SLOPES, DECAY_MODE)
+    s2 = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * scale2
+    HAS_DIST: tl.constexpr = HAS_SLOPES or DECAY_MODE != 0
+    dist = 0.0
+    if HAS_DIST:
+        dist = _distance(t[:, None], t[None, :], POS, T, HAS_POS)
+        if HAS_SLOPES or DECAY_MODE == 1:
+            s2 = s2 + coef2 * dist
+    # a query sees the keys of its own window only; every query row has at least itself
+    valid = win[:, None] == win[None, :]
+    if CAUSAL:
+        valid = valid & (t[None, :] <= t[:, None])
+    if ACT == 0:
+        p = tl.where(valid, _sigmoid2(s2 + bias2, FAST), 0.0)
+    else:
+        s2 = tl.where(valid, s2, float("-inf"))
+        m = tl.max(s2, 1)
+        p = tl.exp2(s2 - m[:, None])
+        l_sum = tl.sum(p, 1)
+    if DECAY_MODE == 2:
+        p = p * tl.exp2(mcoef2 * dist)
+    acc = tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
+    if ACT == 1:
+        acc = acc / l_sum[:, None]
+        tl.store(LSE + h * LSE_ROWS + rows, m + tl.log2(l_sum), mask=row_ok)
+    if GATE == 1:
+        acc = acc * tl.sigmoid(g.to(tl.float32))[:, None]
+    elif GATE == 2:
+        ge = tl.load(G + h * stride_gh + rows[:, None] * stride_gr + offs_d[None, :], mask=mask, other=0.0)
+        acc = acc * tl.sigmoid(ge.to(tl.float32))
+    tl.store(Out + h * stride_oh + rows[:, None] * stride_or + offs_d[None, :], acc.to(Out.dtype.element_ty),
+             mask=mask)
 
 
 @triton.jit
@@ -465,6 +547,74 @@ def _attn_bwd_dkdv(
 
 
 @triton.jit
+def _attn_bwd_windows(
+    Q, K, V, DO, DQ, DK, DV, LSE, DELTA, POS, BIAS, SLOPES, DECAY, DPARAM,
+    stride_qr, stride_qh, stride_kr, stride_kh, stride_vr, stride_vh, stride_dor, stride_doh, stride_dqr, stride_dqh,
+    stride_dkr, stride_dkh, stride_dvr, stride_dvh,
+    NW, H, HKV, GROUP, LSE_ROWS, scale, scale2, bias_value2,
+    T: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr, ACT: tl.constexpr, BIAS_MODE: tl.constexpr,
+    HAS_SLOPES: tl.constexpr, DECAY_MODE: tl.constexpr, HAS_POS: tl.constexpr, CAUSAL: tl.constexpr,
+    NEED_DBIAS: tl.constexpr, NEED_DDIST: tl.constexpr, NEED_DMULT: tl.constexpr, DOT_PREC: tl.constexpr,
+    FAST: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """Backward of :func:`_attn_fwd_windows`: one program = ``BLOCK // T`` whole windows of one kv head.
+
+    Every window fits its tile, so the program owns all of its gradients: dQ of each query head of the group is
+    written once (no atomics, no float32 buffer), dK and dV are summed over the group in registers. ``DO`` is the
+    gate-scaled output gradient and ``DELTA`` the softmax row term, both from :func:`_bwd_preprocess`.
+    """
+    pid = tl.program_id(0)
+    kv_head = pid % HKV
+    win, t, rows, row_ok, offs_d, mask = _window_rows(pid // HKV, NW, T, D, BLOCK_D, BLOCK)
+    k = tl.load(K + kv_head * stride_kh + rows[:, None] * stride_kr + offs_d[None, :], mask=mask, other=0.0)
+    v = tl.load(V + kv_head * stride_vh + rows[:, None] * stride_vr + offs_d[None, :], mask=mask, other=0.0)
+    valid = win[:, None] == win[None, :]
+    if CAUSAL:
+        valid = valid & (t[None, :] <= t[:, None])
+    HAS_DIST: tl.constexpr = HAS_SLOPES or DECAY_MODE != 0
+    dk = tl.zeros([BLOCK, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK, BLOCK_D], tl.float32)
+    for g in range(GROUP):
+        h = kv_head * GROUP + g
+        q = tl.load(Q + h * stride_qh + rows[:, None] * stride_qr + offs_d[None, :], mask=mask, other=0.0)
+        do = tl.load(DO + h * stride_doh + rows[:, None] * stride_dor + offs_d[None, :], mask=mask, other=0.0)
+        lse2 = 0.0
+        delta = 0.0
+        if ACT == 1:
+            lse2 = tl.load(LSE + h * LSE_ROWS + rows, mask=row_ok, other=float("inf"))[:, None]
+            delta = tl.load(DELTA + h * LSE_ROWS + rows, mask=row_ok, other=0.0)[:, None]
+        bias2, coef2, mcoef2 = _head_terms(h, tl.full([], T, tl.int32), BIAS, SLOPES, DECAY, bias_value2, ACT,
+                                           BIAS_MODE, HAS_SLOPES, DECAY_MODE)
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
+        # unmasked activation on in-window indices (t), then the block-diagonal mask: p = 0 off the windows, so
+        # dS, the parameter terms and every product below get nothing from there
+        p, w, dist = _activate(qk, t[:, None], t[None, :], T, T, lse2, POS, T, scale2, bias2, coef2, mcoef2, ACT,
+                               HAS_DIST, HAS_SLOPES, HAS_POS, DECAY_MODE, False, False, FAST)
+        p = tl.where(valid, p, 0.0)
+        if DECAY_MODE == 2:
+            dv += tl.dot(tl.trans((p * w).to(do.dtype)), do, input_precision=DOT_PREC)
+        else:
+            dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=DOT_PREC)
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
+        ds, dmult = _dscore(p, w, dist, dp, delta, ACT, DECAY_MODE)
+        ds_c = ds.to(q.dtype)
+        dk += tl.dot(tl.trans(ds_c), q, input_precision=DOT_PREC)
+        dq = tl.dot(ds_c, k, input_precision=DOT_PREC) * scale
+        tl.store(DQ + h * stride_dqh + rows[:, None] * stride_dqr + offs_d[None, :], dq.to(DQ.dtype.element_ty),
+                 mask=mask)
+        if NEED_DBIAS:
+            tl.atomic_add(DPARAM + h, tl.sum(tl.sum(ds, 1), 0), sem="relaxed")
+        if NEED_DDIST:
+            tl.atomic_add(DPARAM + H + h, tl.sum(tl.sum(ds * dist, 1), 0), sem="relaxed")
+        if NEED_DMULT:
+            tl.atomic_add(DPARAM + 2 * H + h, tl.sum(tl.sum(dmult, 1), 0), sem="relaxed")
+    tl.store(DK + kv_head * stride_dkh + rows[:, None] * stride_dkr + offs_d[None, :],
+             (dk * scale).to(DK.dtype.element_ty), mask=mask)
+    tl.store(DV + kv_head * stride_dvh + rows[:, None] * stride_dvr + offs_d[None, :], dv.to(DV.dtype.element_ty),
+             mask=mask)
+
+
+@triton.jit
 def _dq_step(dq, q, do, lse2, delta, k_base, v_base, offs_m, n_start, offs_n, offs_d, len_q, len_k, POS, T,
              stride_kr, stride_vr, scale2, bias2, coef2, mcoef2, D: tl.constexpr, ACT: tl.constexpr,
              HAS_DIST: tl.constexpr, HAS_SLOPES: tl.constexpr, HAS_POS: tl.constexpr, DECAY_MODE: tl.constexpr,
@@ -622,6 +772,23 @@ def _launch(pass_name: str, grid_rows: int, groups: int, block_d: int, max_len: 
     _tuned(pass_name, size)[lambda meta: (triton.cdiv(grid_rows, meta[axis]) * groups,)](**kwargs)
 
 
+# Dense self-attention over windows of at most ``max T`` tokens (head dim <= 128) runs in
+# :func:`_attn_fwd_windows`, ``BLOCK // T`` windows per program (one when T > BLOCK / 2: a single tile whose q, k and v
+# loads are all in flight at once, where the general kernel waits for q, then k, then v):
+# ``[(max T, BLOCK, warps), ...]``, first match wins. Chosen with ``benchmarks/sweep.py --windows`` (NOTES.md, v5).
+WINDOW_TILES = [(8, 16, 2), (16, 32, 2), (32, 64, 4), (64, 64, 4)]
+
+
+def _window_tile(pb: Problem) -> tuple[int, int] | None:
+    """``(BLOCK, warps)`` of the packed-window forward for this problem, or ``None`` for the general kernel."""
+    if pb.varlen != 0 or pb.T != pb.S or pb.block_d > 128:
+        return None
+    for max_t, block, warps in WINDOW_TILES:
+        if max_t >= pb.T and block >= pb.T:
+            return block, warps
+    return None
+
+
 def _empty(shape, dtype, device) -> torch.Tensor:
     out = torch.empty(shape, dtype=dtype, device=device)
     if POISON_OUTPUTS:
@@ -701,6 +868,20 @@ def attention_forward(q, k, v, gate, bias_t, slopes, decay, positions, seq_lens,
     lse = _empty((pb.H, pb.rows_q) if pb.act == 1 else (1,), torch.float32, q.device)
     g = gate if gate is not None else q
     gs = (g.stride(-2), 1) if pb.gate == 1 else _rows(g)
+    tile = _window_tile(pb)
+    if tile is not None:
+        block, warps = tile
+        c = pb.common()
+        grid = (triton.cdiv(pb.B, block // pb.T) * pb.H,)
+        _attn_fwd_windows[grid](
+            q, k, v, g, out, lse, c["POS"], c["BIAS"], c["SLOPES"], c["DECAY"], **_strides(q, k, v, out),
+            stride_gr=gs[0], stride_gh=gs[1], NW=pb.B, H=pb.H, GROUP=pb.group, LSE_ROWS=pb.rows_q,
+            scale2=pb.scale * LOG2E, bias_value2=pb.bias_value2, T=pb.T, D=pb.D, BLOCK_D=pb.block_d, ACT=pb.act,
+            BIAS_MODE=pb.bias_mode, HAS_SLOPES=pb.has_slopes, DECAY_MODE=pb.decay_mode, HAS_POS=pb.has_pos,
+            CAUSAL=pb.causal, GATE=pb.gate, DOT_PREC=pb.dot_prec, FAST=pb.fast, BLOCK=block, num_warps=warps,
+            num_stages=1,
+        )
+        return out, lse
     _launch(
         "fwd", pb.LQ, pb.B * pb.H, pb.block_d, pb.max_len, q.dtype == torch.float32,
         Q=q, K=k, V=v, G=g, Out=out, LSE=lse, **_strides(q, k, v, out), stride_gr=gs[0], stride_gh=gs[1],
@@ -738,13 +919,31 @@ def attention_backward(do, q, k, v, out, lse, gate, bias_t, slopes, decay, posit
         )
         do = do_pre
 
+    dparam = torch.zeros((3, pb.H), dtype=torch.float32, device=dev)
+    need_dist = need_dslopes or (need_ddecay and pb.decay_mode == 1)
+    need_mult = need_ddecay and pb.decay_mode == 2
+    tile = _window_tile(pb)
+    # the backward keeps dK, dV and three score-sized tiles in registers: past D = 64 they would spill
+    if tile is not None and pb.block_d <= 64:
+        block, warps = tile
+        dq, dk, dv = _empty(q.shape, q.dtype, dev), _empty(k.shape, k.dtype, dev), _empty(v.shape, v.dtype, dev)
+        c = pb.common()
+        _attn_bwd_windows[(triton.cdiv(pb.B, block // pb.T) * pb.HKV,)](
+            q, k, v, do, dq, dk, dv, lse, delta, c["POS"], c["BIAS"], c["SLOPES"], c["DECAY"], dparam,
+            *_rows(q), *_rows(k), *_rows(v), *_rows(do), *_rows(dq), *_rows(dk), *_rows(dv),
+            NW=pb.B, H=pb.H, HKV=pb.HKV, GROUP=pb.group, LSE_ROWS=pb.rows_q, scale=pb.scale,
+            scale2=pb.scale * LOG2E, bias_value2=pb.bias_value2, T=pb.T, D=pb.D, BLOCK_D=pb.block_d, ACT=pb.act,
+            BIAS_MODE=pb.bias_mode, HAS_SLOPES=pb.has_slopes, DECAY_MODE=pb.decay_mode, HAS_POS=pb.has_pos,
+            CAUSAL=pb.causal, NEED_DBIAS=bool(need_dbias), NEED_DDIST=bool(need_dist), NEED_DMULT=bool(need_mult),
+            DOT_PREC=pb.dot_prec, FAST=pb.fast, BLOCK=block, num_warps=warps, num_stages=1,
+        )
+        return (dq, dk, dv, dgate, *_param_grads(dparam, pb, bias_t, slopes, decay, need_dbias, need_dslopes,
+                                                 need_ddecay))
+
     atomic = BWD_DQ_MODE == "atomic"
     dq32 = torch.zeros(q.shape, dtype=torch.float32, device=dev) if atomic else _empty(q.shape, q.dtype, dev)
     dk = _empty(k.shape, k.dtype, dev)
     dv = _empty(v.shape, v.dtype, dev)
-    dparam = torch.zeros((3, pb.H), dtype=torch.float32, device=dev)
-    need_dist = need_dslopes or (need_ddecay and pb.decay_mode == 1)
-    need_mult = need_ddecay and pb.decay_mode == 2
     (qr, qh), (kr, kh), (vr, vh), (dor, doh) = _rows(q), _rows(k), _rows(v), _rows(do)
     (dqr, dqh), (dkr, dkh), (dvr, dvh) = _rows(dq32), _rows(dk), _rows(dv)
     common = pb.common()
@@ -766,10 +965,16 @@ def attention_backward(do, q, k, v, out, lse, gate, bias_t, slopes, decay, posit
             Q=q, K=k, V=v, DO=do, DQ=dq, LSE=lse, DELTA=delta, **strides, LQ=pb.LQ, scale=pb.scale,
             scale2=pb.scale * LOG2E, **common,
         )
+    return (dq, dk, dv, dgate, *_param_grads(dparam, pb, bias_t, slopes, decay, need_dbias, need_dslopes,
+                                             need_ddecay))
+
+
+def _param_grads(dparam, pb, bias_t, slopes, decay, need_dbias, need_dslopes, need_ddecay) -> tuple:
+    """``(dbias, dslopes, ddecay)`` from the kernels' ``[3, H]`` float32 sums, ``None`` where not asked for."""
     # copies, not views: a custom op's outputs may not alias one another
     dbias = dparam[0].to(bias_t.dtype, copy=True) if need_dbias else None
     dslopes = (-dparam[1]).to(slopes.dtype) if need_dslopes else None
     ddecay = None
     if need_ddecay:
         ddecay = dparam[1 if pb.decay_mode == 1 else 2].to(decay.dtype, copy=True)
-    return dq, dk, dv, dgate, dbias, dslopes, ddecay
+    return dbias, dslopes, ddecay

@@ -1,4 +1,4 @@
-"""Forecasting: MSE training on normalised windows, per-sample MSE / MAE evaluation, the ``gatedzoo eval`` evaluator.
+"""Forecasting: MSE (or MAE / Huber) training on normalised windows, per-sample MSE / MAE evaluation, ``gatedzoo eval``.
 
 Batches are ``(x [B, seq_len, N], y [B, pred_len, N])`` on the scale of the training split's standard scaler (see
 :class:`gatedzoo.data.timeseries.TimeSeriesDataModule`); metrics are reported on that scale, as the
@@ -71,22 +71,45 @@ def check_data_fits(model: nn.Module, dm) -> None:
             )
 
 
+# training objectives of Forecasting(loss=...); evaluation is always MSE and MAE
+LOSSES = ("mse", "mae", "huber")
+
+
 class Forecasting(ZooTask):
-    """Trains ``model(x [B, L, N]) -> [B, H, N]`` with MSE; logs ``val/mse``, ``val/mae`` (= ``val/loss``), test too.
+    """Trains ``model(x [B, L, N]) -> [B, H, N]``; logs ``val/mse``, ``val/mae`` (``val/loss`` = ``val/mse``), test too.
 
     TSLib defaults: Adam (``weight_decay=0``, so AdamW equals Adam), learning rate halved every epoch
-    (``schedule="halving"``, TSLib ``lradj=type1``).
+    (``schedule="halving"``, TSLib ``lradj=type1``), MSE training loss.
+
+    Only the training objective follows ``loss``: validation and test always report MSE and MAE, and ``val/loss``
+    (what early stopping and checkpoint selection monitor) is always the validation **MSE**, so a run trained with
+    MAE or Huber is still selected on the protocol's metric.
 
     Args:
+        loss (str): training loss on the normalised scale, averaged over every element of the batch
+            (``[B, H, N]``): ``"mse"`` (``F.mse_loss``), ``"mae"`` (``F.l1_loss``) or ``"huber"``
+            (``F.huber_loss`` with ``delta=huber_delta``: quadratic ``0.5 * e**2`` for ``|e| <= delta``, linear
+            beyond). Logged as ``train/loss``. Default: ``"mse"``.
+        huber_delta (float): the Huber threshold, in units of the training split's standard deviation (the data
+            are standardised); must be positive. Read only when ``loss="huber"``. Default: ``1.0``.
         test_after_fit (bool): after fitting, evaluate the best checkpoint on the test split, print the metrics,
             write ``test_metrics.json`` into the log folder and add them (with the validation metrics of the kept
             checkpoint) to the zoo weights of any :class:`~gatedzoo.tasks.SaveZooWeights` callback.
             Default: `False`.
         **kwargs: see :class:`~gatedzoo.tasks.ZooTask` (``arch``, ``model_args``, ``pretrained``, ``lr``, ...).
+
+    Raises:
+        ValueError: ``loss`` is not one of ``"mse"``, ``"mae"``, ``"huber"``, or ``loss="huber"`` with
+            ``huber_delta <= 0``.
     """
 
-    def __init__(self, *args, test_after_fit: bool = False, weight_decay: float = 0.0, schedule: str = "halving",
-                 **kwargs):
+    def __init__(self, *args, loss: str = "mse", huber_delta: float = 1.0, test_after_fit: bool = False,
+                 weight_decay: float = 0.0, schedule: str = "halving", **kwargs):
+        # checked before the model is built: a typo in a recipe fails at once, not after the weights are created
+        if loss not in LOSSES:
+            raise ValueError(f"loss={loss!r}; use one of {', '.join(map(repr, LOSSES))}.")
+        if loss == "huber" and not huber_delta > 0:
+            raise ValueError(f"huber_delta={huber_delta!r}; the Huber threshold must be positive.")
         super().__init__(*args, weight_decay=weight_decay, schedule=schedule, **kwargs)
         self.save_hyperparameters()
         self.test_metrics: dict[str, float] = {}
@@ -98,9 +121,17 @@ class Forecasting(ZooTask):
             check_data_fits(self.model, dm)
         super().on_fit_start()
 
+    def training_loss(self, pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The training objective chosen by ``loss``: a scalar, the mean over every element of ``pred - y``."""
+        if self.hparams.loss == "mae":
+            return F.l1_loss(pred, y)
+        if self.hparams.loss == "huber":
+            return F.huber_loss(pred, y, delta=float(self.hparams.huber_delta))
+        return F.mse_loss(pred, y)
+
     def training_step(self, batch, batch_idx):
         x, y = batch
-        loss = F.mse_loss(self.model(x), y)
+        loss = self.training_loss(self.model(x), y)
         self.log(TRAIN_LOSS, loss, prog_bar=True, batch_size=len(y))
         return loss
 

@@ -72,6 +72,13 @@ CASES = {
                           alibi_slopes="mixed", decay="neg", decay_mode="multiplicative", gate="elementwise"),
     "combo_positions": dict(shape=(2, 49, 49, 4, 2, 16), seq_lens="lens", positions="grid", sigmoid_bias="param",
                             alibi_slopes="mixed", decay="neg", decay_mode="multiplicative", gate="elementwise"),
+    # dense windows of <= 32 tokens take the packed-window forward (several windows per program); 9 windows of 7
+    # leave the last program part-filled
+    "windows": dict(shape=(9, 7, 7, 4, 2, 16), positions="grid", alibi_slopes="mixed", decay="neg", gate="headwise"),
+    "windows_softmax_causal": dict(shape=(5, 7, 7, 2, 2, 16), activation="softmax", causal=True, decay="neg",
+                                   decay_mode="multiplicative", gate="elementwise"),
+    "windows16": dict(shape=(3, 16, 16, 2, 2, 32), sigmoid_bias="param"),
+    "window49": dict(shape=(3, 49, 49, 2, 2, 16), positions="grid", decay="neg", activation="softmax"),
 }
 GPU_CASES = {
     "t1025": dict(shape=(2, 1025, 1025, 4, 4, 64)),
@@ -264,12 +271,31 @@ def test_max_seqlen_bound_skips_the_length_readback_and_changes_nothing(monkeypa
     assert seen[0] == longest  # without the bound the launcher read it from cu_seqlens
 
 
-def test_max_seqlen_is_checked_up_front():
+def test_max_seqlen_is_checked_up_front(monkeypatch):
     grads, opts = make_inputs(dict(CASES["packed"]), torch.float32)
     q, k, v = grads["q"], grads["k"], grads["v"]
+    # reading cu_seqlens on CUDA would synchronise every call: value checks run there only when asked for
+    monkeypatch.setenv("GATEDZOO_CHECK_VALUES", "1")
     with pytest.raises(ValueError, match=r"max_seqlen=3 but cu_seqlens holds a sequence of 40 tokens"):
         attention(q, k, v, **opts, max_seqlen=3)
     with pytest.raises(ValueError, match="positive Python int"):
         attention(q, k, v, **opts, max_seqlen=torch.tensor(40))
     with pytest.raises(ValueError, match="drop it for the padded layout"):
         attention(q[None], k[None], v[None], max_seqlen=8)
+
+
+@pytest.mark.parametrize("name", ["windows", "windows_softmax_causal", "window49"])
+def test_packed_windows_match_the_general_kernel(name, monkeypatch):
+    """Short dense windows are dispatched to the packed-window forward, which agrees with the one-window-per-program
+    kernel (same float32 arithmetic, so to rounding); the backward, shared by both, then matches too."""
+    grads, opts = make_inputs(CASES[name], torch.float32)
+    q = grads["q"]
+    problem = tk.Problem(q, grads["k"], grads["v"], None, None, None, None, None, None, None, "sigmoid", 1.0, None,
+                         "additive", False, None)
+    assert tk._window_tile(problem) is not None
+    dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    packed = run_and_grad(lambda **g: attention(**g, **opts, backend="triton"), grads, dout)
+    monkeypatch.setattr(tk, "WINDOW_TILES", [])
+    general = run_and_grad(lambda **g: attention(**g, **opts, backend="triton"), grads, dout)
+    for x, r in zip(packed, general):
+        torch.testing.assert_close(x, r, rtol=1e-5, atol=1e-5)

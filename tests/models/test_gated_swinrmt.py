@@ -204,3 +204,39 @@ def test_compiled_model_matches_eager_and_keeps_no_graph_tensors_in_the_index_ca
     assert not gated_swinrmt._segment_cache
     assert torch.allclose(y, m(x), atol=1e-5)
     assert gated_swinrmt._segment_cache  # eager calls still cache their indices
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: CUDA-graph replays exist only on the GPU")
+@pytest.mark.parametrize("arch", ["gated_swinrmt_swat_tiny", "gated_swinrmt_retention_tiny"])
+def test_cuda_graph_training_steps_match_eager(arch, monkeypatch):
+    """``torch.compile(mode="reduce-overhead")`` (the benchmark's fastest training path) replays CUDA graphs over
+    the Triton kernels: three steps on different real images give the eager loss and every parameter gradient."""
+    # exact float32 convolutions: with TF32 (cuDNN's default) eager and Inductor pick different conv algorithms and
+    # the stem's gradients differ by ~5e-3 relative, which is rounding, not a stale CUDA-graph buffer (that is O(1))
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    torch.manual_seed(0)
+    # no stochastic depth: the two copies would drop different blocks
+    eager = gatedzoo.create_model(arch, **SMALL, drop_path_rate=0.0).cuda()
+    graphed = gatedzoo.create_model(arch, **SMALL, drop_path_rate=0.0).cuda()
+    graphed.load_state_dict(eager.state_dict())
+    step = torch.compile(graphed, mode="reduce-overhead")
+    for i in range(3):
+        x, y = (t.cuda() for t in fmnist_batch(32, offset=32 * i))
+        torch.compiler.cudagraph_mark_step_begin()
+        loss_g = torch.nn.functional.cross_entropy(step(x), y)
+        loss_e = torch.nn.functional.cross_entropy(eager(x), y)
+        loss_g.backward()
+        loss_e.backward()
+        torch.testing.assert_close(loss_g, loss_e, rtol=1e-4, atol=1e-5, msg=lambda m, i=i: f"step {i}: {m}")
+        # relative to the larger of the parameter's gradient and 1e-3 of the largest one: a gradient that is zero in
+        # exact arithmetic (a softmax key bias: it shifts every score of a row alike) is rounding noise in both runs
+        largest = max(p.grad.norm() for p in eager.parameters() if p.grad is not None)
+        for (name, pg), pe in zip(graphed.named_parameters(), eager.parameters()):
+            if pe.grad is None:
+                assert pg.grad is None, name
+                continue
+            err = float((pg.grad - pe.grad).norm() / torch.maximum(pe.grad.norm(), 1e-3 * largest))
+            assert err < 1e-3, f"step {i} {name}: relative gradient error {err:.1e}"
+        graphed.zero_grad(set_to_none=True)
+        eager.zero_grad(set_to_none=True)

@@ -5,13 +5,15 @@ import json
 import lightning as L
 import pytest
 import torch
+import torch.nn.functional as F
 from datafiles import need
 
 import gatedzoo
 from gatedzoo import cli
 from gatedzoo.data.timeseries import ETTH1, TimeSeriesDataModule, load_frame
 from gatedzoo.tasks import EVALUATORS, SaveZooWeights
-from gatedzoo.tasks.forecasting import TEST_MSE, Forecasting, check_data_fits, evaluate
+from gatedzoo.tasks.base import TRAIN_LOSS, VAL_LOSS
+from gatedzoo.tasks.forecasting import TEST_MSE, VAL_MAE, VAL_MSE, Forecasting, check_data_fits, evaluate
 
 # `gatedzoo eval gateformer.etth1_<H> --json` on CPU (2026-11-22, torch 2.15 CPU); the GPU run that trained the
 # weights measured the same test MSE to 1e-8 (docs/models/gateformer.md)
@@ -85,6 +87,78 @@ def test_mismatches_fail_before_training(fitted, vic_csv, tmp_path):
         EVALUATORS["forecasting"](model, data=str(other), split="test")
     with pytest.raises(ValueError, match="split='holdout'"):
         EVALUATORS["forecasting"](model, data=str(vic_csv), split="holdout")
+
+
+def _vic_task(loss, seed=0, **kwargs):
+    """A tiny Gateformer task for vic_elec (2 variables, horizon 24) without dropout, so its forward is repeatable."""
+    torch.manual_seed(seed)
+    return Forecasting("gateformer", model_args={"pred_len": 24, "n_vars": 2, "dropout": 0.0, **TINY}, lr=3e-3,
+                       loss=loss, **kwargs)
+
+
+# training_step is called here outside a Trainer on purpose (one batch, fixed weights); Lightning then warns that
+# self.log has no trainer to log to, which is expected
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`:UserWarning")
+def test_training_loss_follows_the_loss_argument(vic_csv):
+    dm = TimeSeriesDataModule(str(vic_csv), seq_len=96, pred_len=24, batch_size=32)
+    dm.setup("fit")
+    x, y = next(iter(dm.train_dataloader()))
+    expected = {"mse": F.mse_loss, "mae": F.l1_loss, "huber": F.huber_loss}
+    got = {}
+    for loss, fn in expected.items():
+        task = _vic_task(loss)  # same seed: the same initial weights for every loss
+        with torch.no_grad():
+            got[loss] = float(task.training_step((x, y), 0))
+            assert got[loss] == pytest.approx(float(fn(task.model(x), y)), rel=1e-6)
+    # the three objectives really differ on this batch (an untrained model's errors are of order 1)
+    assert len({round(v, 6) for v in got.values()}) == 3
+    # Huber limits, independent of F.huber_loss: a huge delta gives half the MSE, a tiny one delta times the MAE
+    with torch.no_grad():
+        big = float(_vic_task("huber", huber_delta=1e6).training_step((x, y), 0))
+        small = float(_vic_task("huber", huber_delta=1e-4).training_step((x, y), 0))
+    assert big == pytest.approx(got["mse"] / 2, rel=1e-5)
+    assert small == pytest.approx(1e-4 * got["mae"], rel=1e-3)
+
+
+def test_bad_loss_settings_fail_at_construction():
+    with pytest.raises(ValueError, match="loss='l2'; use one of 'mse', 'mae', 'huber'"):
+        Forecasting("gateformer", model_args={"pred_len": 24, "n_vars": 2, **TINY}, loss="l2")
+    with pytest.raises(ValueError, match="huber_delta=0.0"):
+        Forecasting("gateformer", model_args={"pred_len": 24, "n_vars": 2, **TINY}, loss="huber", huber_delta=0.0)
+
+
+class _StepRecorder(L.Callback):
+    """Per training step: F.l1_loss of the batch under the weights before the step, and the value the step returned."""
+
+    def __init__(self):
+        self.l1, self.returned = [], []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        with torch.no_grad():
+            self.l1.append(float(F.l1_loss(pl_module.model(batch[0]), batch[1])))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.returned.append(float(outputs["loss"]))
+
+
+def test_mae_training_still_selects_on_validation_mse(vic_csv, tmp_path):
+    L.seed_everything(0, verbose=False)
+    dm = TimeSeriesDataModule(str(vic_csv), seq_len=96, pred_len=24, batch_size=16)
+    task = _vic_task("mae")
+    rec = _StepRecorder()
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=4, accelerator="cpu", logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                        default_root_dir=str(tmp_path), callbacks=[rec])
+    trainer.fit(task, datamodule=dm)
+    # every optimised (and logged) value was the L1 loss of its batch
+    assert len(rec.returned) == 4 and rec.returned == pytest.approx(rec.l1, rel=1e-5)
+    m = trainer.callback_metrics
+    assert float(m[TRAIN_LOSS]) == pytest.approx(rec.returned[-1], rel=1e-6)
+    # the monitored validation loss is the full-split MSE of the trained weights, not the training objective
+    full = evaluate(task.model, dm.val_dataloader())
+    assert float(m[VAL_LOSS]) == pytest.approx(full["mse"], rel=1e-5) == float(m[VAL_MSE])
+    assert float(m[VAL_MAE]) == pytest.approx(full["mae"], rel=1e-5)
+    assert abs(full["mse"] - full["mae"]) > 1e-3
 
 
 @pytest.mark.parametrize("horizon", [96, 720])
