@@ -60,3 +60,22 @@ def test_augment_crop_keeps_the_image_and_pads_with_background():
     flipped = bench.augment(x, torch.Generator().manual_seed(2), pad=0, flip=True)
     same, mirrored = (flipped == x).flatten(1).all(1), (flipped == x.flip(-1)).flatten(1).all(1)
     assert (same | mirrored).all() and same.any() and mirrored.any()
+
+
+def test_throughput_only_measures_the_chosen_variants_on_both_backends_and_trains_nothing(tmp_path, monkeypatch):
+    """``--throughput-only --variants swat`` (CPU smoke sizes, real Fashion-MNIST images) writes ``throughput.json``
+    with our kernels and the reference attention for SWAT alone, and starts no training worker."""
+    import json
+    import subprocess
+
+    def no_workers(*args, **kwargs):
+        raise AssertionError("--throughput-only must not start training workers")
+
+    monkeypatch.setattr(subprocess, "Popen", no_workers)
+    monkeypatch.setattr(sys, "argv", ["swinrmt_fmnist.py", "--throughput-only", "--smoke", "--variants", "swat",
+                                      "--out", str(tmp_path)])
+    bench.main()
+    tp = json.loads((tmp_path / "throughput.json").read_text())["throughput"]
+    assert set(tp) == {"swat/auto", "swat/reference"}
+    for row in tp.values():
+        assert row["batch"] == 32 and row["train_img_s"] > 0 and row["infer_img_s"] > 0
