@@ -79,6 +79,7 @@ CASES = {
                                    decay_mode="multiplicative", gate="elementwise"),
     "windows16": dict(shape=(3, 16, 16, 2, 2, 32), sigmoid_bias="param"),
     "window49": dict(shape=(3, 49, 49, 2, 2, 16), positions="grid", decay="neg", activation="softmax"),
+    "windows_d48": dict(shape=(5, 12, 12, 2, 2, 48), alibi_slopes="mixed", gate="elementwise"),
 }
 GPU_CASES = {
     "t1025": dict(shape=(2, 1025, 1025, 4, 4, 64)),
@@ -90,6 +91,10 @@ GPU_CASES = {
                        decay_mode="multiplicative", gate="elementwise", causal=True),
     "s_ne_t_large": dict(shape=(2, 700, 1100, 4, 4, 128), causal=True, gate="elementwise"),
     "window7": dict(shape=(512, 7, 7, 4, 4, 32), decay="neg", positions="grid"),
+    # the packed-window kernels at larger head dims: D = 64 (both passes), D = 128 (forward; general backward)
+    "window16_d64": dict(shape=(300, 16, 16, 4, 2, 64), decay="neg", gate="headwise"),
+    "window49_d128_softmax": dict(shape=(200, 49, 49, 2, 2, 128), activation="softmax", positions="grid",
+                                  decay="neg"),
 }
 
 
