@@ -1,4 +1,4 @@
-"""Controlled comparison on Fashion-MNIST: Gated-SwinRMT-SWAT vs -Retention vs the RMT-style baseline (tiny size).
+"""Controlled comparison on Fashion-MNIST: Gated-SwinRMT-SWAT vs -Retention vs the RMT-style baseline (``--size``).
 
 Identical budget for every variant and seed: the same epochs, batch, optimiser, schedule, augmentation and data.
 Protocol: train on the 60,000 official training images, report top-1 on the 10,000 test images after the last epoch
@@ -13,7 +13,8 @@ Phases (one GPU call, every phase inside the ``--total-budget-s`` deadline):
 2. training runs (variants x seeds) as concurrent worker processes (the tiny model leaves the GPU mostly idle). Every
    worker compiles and warms up, then all time ``--calib-steps`` steps *together* (a barrier, so the calibration sees
    the real contention); the parent plans the largest epoch count whose complete warm-up + cosine schedule fits the
-   time left (with a safety margin) for the slowest worker, and all workers train exactly that many epochs;
+   time left (with a safety margin) for the slowest worker, and all workers train exactly that many epochs
+   (``--epochs N`` fixes the count instead: one variant per GPU call, the same schedule in every call);
 3. seed 0 of SWAT and Retention is written as zoo weights (``save_pretrained``, float16 tensors) for shipping;
 4. ``results.json``, the plot ``swinrmt_fmnist.png`` and ``weights.tar`` (the two weight folders) in ``--out``.
 
@@ -21,8 +22,10 @@ Usage::
 
     python benchmarks/swinrmt_fmnist.py --data .gdata/fmnist --out $OUT --compile none \\
         --total-budget-s 540 --budget-s 470 --seeds 1     # the 45-epoch run of the model card (H100, 467 s)
-    # --compile reduce-overhead fails on this model (CUDA-graph trees reject its cached window-index tensors);
-    # --compile default works but spends most of a 9-minute call compiling (model card, comparison C)
+    python benchmarks/swinrmt_fmnist.py --data .gdata/fmnist --out $OUT --size small --variants swat \
+        --compile reduce-overhead --epochs 40 --seeds 3 --total-budget-s 570 --budget-s 480   # one variant per call
+    # --compile reduce-overhead: CUDA graphs (about 8x the eager step, which is host-bound);
+    # --compile default spends most of a 9-minute call compiling (model card, comparison C)
     python benchmarks/swinrmt_fmnist.py --data /usr/share/datasets/fashion-mnist --out runs/bench --smoke   # CPU check
     python benchmarks/swinrmt_fmnist.py --data /usr/share/datasets/fashion-mnist --out runs/bench --smoke \\
         --compile default --compile-backend aot_eager          # CPU compile check: minutes (6 compile processes)
@@ -47,8 +50,15 @@ import torch
 import torch.nn.functional as F
 
 T_START = time.time()
-VARIANTS = {"swat": "gated_swinrmt_swat_tiny", "retention": "gated_swinrmt_retention_tiny",
-            "rmt": "gated_swinrmt_rmt_tiny"}
+VARIANTS = ("swat", "retention", "rmt")
+SIZES = ("tiny", "small")
+#: the model size of this process (``--size``); workers get it on their command line
+SIZE = {"name": "tiny"}
+
+
+def model_name(variant: str) -> str:
+    """The zoo name of ``variant`` at the chosen ``--size``, e.g. ``gated_swinrmt_swat_tiny``."""
+    return f"gated_swinrmt_{variant}_{SIZE['name']}"
 MODEL_ARGS = dict(img_size=28, in_chans=1, num_classes=10, stem_stride=2)
 #: the comparison's recipe. batch 512 (117 steps an epoch) rather than 1,024: twice the optimiser steps for the same
 #: images, which matters in a schedule of a few dozen epochs; lr scaled down with it. Random erasing (Zhong et al.,
@@ -132,7 +142,7 @@ def build(variant: str, seed: int, device):
     import gatedzoo
 
     torch.manual_seed(seed)
-    return gatedzoo.create_model(VARIANTS[variant], **MODEL_ARGS).to(device)
+    return gatedzoo.create_model(model_name(variant), **MODEL_ARGS).to(device)
 
 
 def autocast(device):
@@ -395,7 +405,7 @@ def plot(results: list[str], path: str) -> None:
     ax = axes[-1]
     bars = [(b, suffix) for suffix in ("", "/compiled") for b in ("auto", "reference")
             if any(f"{v}/{b}{suffix}" in d["throughput"] for v in VARIANTS)]
-    width = 0.8 / len(bars)
+    width = 0.8 / max(len(bars), 1)  # no bars: a --skip-throughput run
     for j, (backend, suffix) in enumerate(bars):
         vals = [d["throughput"].get(f"{v}/{backend}{suffix}", {}).get("train_img_s", 0) for v in VARIANTS]
         label = f"{'ours' if backend == 'auto' else 'reference'}{', compiled' if suffix else ', eager'}"
@@ -413,15 +423,17 @@ def child_env(threads: int) -> dict:
 
 
 def common_args(args) -> list[str]:
-    cmd = ["--batch-size", str(args.batch_size), "--lr", str(args.lr), "--warmup-epochs", str(args.warmup_epochs),
+    cmd = ["--size", args.size, "--batch-size", str(args.batch_size), "--lr", str(args.lr),
+           "--warmup-epochs", str(args.warmup_epochs),
            "--erase-p", str(args.erase_p), "--compile-backend", args.compile_backend,
            "--warm-steps", str(args.warm_steps)]
     return cmd + (["--data", args.data] if args.data else [])
 
 
 def run_precompile(args, work: Path, limit: int, deadline: float) -> dict:
-    """Phase 0: compile the six training graphs in parallel processes (CPU-bound; the GPU is nearly idle)."""
-    combos = [(v, b) for v in VARIANTS for b in ("auto", "reference")]
+    """Phase 0: compile the training graphs of the chosen variants on both backends in parallel processes (CPU-bound;
+    the GPU is nearly idle)."""
+    combos = [(v, b) for v in args.variants for b in ("auto", "reference")]
     threads = (os.cpu_count() or 2) // len(combos)
     procs = [subprocess.Popen([sys.executable, __file__, "--precompile", "--variant", v, "--backend", b, "--work",
                                str(work), "--compile", args.compile, "--limit", str(limit)] + common_args(args),
@@ -450,10 +462,16 @@ def main() -> None:
     p.add_argument("--margin", type=float, default=0.9,
                    help="fraction of the time left that the planned schedule may use (calibration error)")
     p.add_argument("--max-epochs", type=int, default=100)
+    p.add_argument("--epochs", type=int, default=0,
+                   help="train exactly this many epochs instead of planning them from the budget (0: plan); the way "
+                        "to give variants trained in separate GPU calls the same schedule")
+    p.add_argument("--size", default="tiny", choices=SIZES, help="model size of every variant")
     p.add_argument("--min-epochs", type=int, default=1)
     p.add_argument("--tp-steps", type=int, default=20)
     p.add_argument("--throughput-only", action="store_true",
                    help="measure images/s (our kernels vs the reference attention) and stop: no training run")
+    p.add_argument("--skip-throughput", action="store_true",
+                   help="train only (our kernels): no phase 0 or 1, for a call whose throughput was measured before")
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
                    help="with --throughput-only: the variants to measure (default: all three)")
     p.add_argument("--compile", default="none", choices=["none", "default", "reduce-overhead",
@@ -485,6 +503,7 @@ def main() -> None:
         # 256 images in 8 batches of 32, one warm-up and one timed step: seconds on a busy 2-core CPU
         args.batch_size, args.warm_steps, args.calib_steps, args.tp_steps = 32, 1, 1, 1
     HPARAMS.update(batch_size=args.batch_size, lr=args.lr, warmup_epochs=args.warmup_epochs, erase_p=args.erase_p)
+    SIZE["name"] = args.size
     if args.worker:
         return worker(args)
     if args.precompile:
@@ -506,12 +525,12 @@ def main() -> None:
 
     env = {"torch": torch.__version__, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
            "triton_import": api._triton_backend()[1] or "ok", "hparams": HPARAMS, "model_args": MODEL_ARGS,
-           "compile": args.compile, "compile_backend": args.compile_backend, "argv": sys.argv[1:]}
+           "compile": args.compile, "compile_backend": args.compile_backend, "argv": sys.argv[1:], "size": args.size}
     print(json.dumps(env), flush=True)
     phases = {}
 
     pre = {}
-    if args.compile != "none" and not args.throughput_only:
+    if args.compile != "none" and not args.throughput_only and not args.skip_throughput:
         t = time.time()
         pre = run_precompile(args, work, limit, min(deadline - MIN_TRAIN_S - 60, time.time() + 240))
         phases["precompile_s"] = time.time() - t
@@ -521,7 +540,7 @@ def main() -> None:
     data = load(args.data, device)
     tp = {}
     steps = args.tp_steps
-    for v in args.variants if args.throughput_only else VARIANTS:
+    for v in [] if args.skip_throughput else args.variants:
         for backend in ("auto", "reference"):
             for mode in ("none",) + ((args.compile,) if args.compile != "none" else ()):
                 key = f"{v}/{backend}" + ("/compiled" if mode != "none" else "")
@@ -544,8 +563,8 @@ def main() -> None:
 
     t_start = time.perf_counter()
     procs = []
-    for v in VARIANTS:
-        backend = "auto" if "error" not in tp[f"{v}/auto"] else "reference"
+    for v in args.variants:
+        backend = "auto" if "error" not in tp.get(f"{v}/auto", {}) else "reference"
         # a variant whose compiled step failed trains eager: slower, which the calibration then accounts for
         mode = args.compile if "error" not in tp.get(f"{v}/{backend}/compiled", {}) else "none"
         for s in range(seeds):
@@ -553,8 +572,8 @@ def main() -> None:
                    "--backend", backend, "--compile", mode, "--limit", str(limit),
                    "--calib-steps", str(args.calib_steps)] + common_args(args)
             if s == 0 and v in ("swat", "retention"):
-                cmd += ["--save", str(work / "weights" / f"{VARIANTS[v]}.fmnist")]
-            procs.append(subprocess.Popen(cmd, env=child_env((os.cpu_count() or 2) // (len(VARIANTS) * seeds))))
+                cmd += ["--save", str(work / "weights" / f"{model_name(v)}.fmnist")]
+            procs.append(subprocess.Popen(cmd, env=child_env((os.cpu_count() or 2) // (len(args.variants) * seeds))))
     n = len(procs)
 
     def wait_all(suffix: str) -> None:
@@ -573,7 +592,11 @@ def main() -> None:
     per_epoch = (limit or 60000) // bs
     reserve = 25.0  # evaluation, saving, results, plot and tar after the last epoch
     left = min(args.budget_s - (time.perf_counter() - t_start), deadline - time.time()) - reserve
-    epochs = 1 if args.smoke else plan_epochs(left, step_s, per_epoch, args.margin, args.min_epochs, args.max_epochs)
+    fit = plan_epochs(left, step_s, per_epoch, args.margin, args.min_epochs, args.max_epochs)
+    epochs = 1 if args.smoke else args.epochs or fit
+    if args.epochs and args.epochs > fit:
+        print(f"warning: --epochs {args.epochs} exceeds the {fit} epochs the calibration fits in the budget; the "
+              "deadline may cut the schedule (results.json then says schedule_complete: false)", flush=True)
     stop = time.time() + left
     print(f"workers ready after {compile_wait:.1f} s; calibration: slowest concurrent step {step_s * 1e3:.1f} ms, "
           f"{left:.0f} s left -> {epochs} epochs of {per_epoch} steps (planned {epochs * per_epoch * step_s:.0f} s)",
