@@ -455,6 +455,8 @@ def main() -> None:
     p.add_argument("--data", default=None, help="folder with the four Fashion-MNIST .gz files")
     p.add_argument("--out", default="runs/swinrmt_fmnist")
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="seeds first-seed .. first-seed + seeds - 1: split one variant's seeds over several GPU calls")
     p.add_argument("--budget-s", type=float, default=420.0, help="wall-clock budget of the training phase (phase 2)")
     p.add_argument("--total-budget-s", type=float, default=0.0,
                    help="wall-clock budget of the whole script from its start (0: none); phase 2 gets what is left "
@@ -567,7 +569,7 @@ def main() -> None:
         backend = "auto" if "error" not in tp.get(f"{v}/auto", {}) else "reference"
         # a variant whose compiled step failed trains eager: slower, which the calibration then accounts for
         mode = args.compile if "error" not in tp.get(f"{v}/{backend}/compiled", {}) else "none"
-        for s in range(seeds):
+        for s in range(args.first_seed, args.first_seed + seeds):
             cmd = [sys.executable, __file__, "--worker", "--variant", v, "--seed", str(s), "--work", str(work),
                    "--backend", backend, "--compile", mode, "--limit", str(limit),
                    "--calib-steps", str(args.calib_steps)] + common_args(args)
@@ -616,6 +618,9 @@ def main() -> None:
         m = sum(accs) / len(accs)
         sd = (sum((a - m) ** 2 for a in accs) / max(len(accs) - 1, 1)) ** 0.5
         line = f"{v:10s} top1 {100 * m:.2f} +- {100 * sd:.2f} (n={len(accs)})"
+        cut = [r["epochs_done"] for r in runs if r["variant"] == v and not r["schedule_complete"]]
+        if cut:  # the deadline brake fired: the learning rate had not reached the end of its schedule
+            line += f"  SCHEDULE CUT after {min(cut)}-{max(cut)} of {epochs} epochs"
         for suffix, name in (("", "eager"), ("/compiled", "compiled")):
             a, r = tp.get(f"{v}/auto{suffix}", {}), tp.get(f"{v}/reference{suffix}", {})
             if "train_img_s" in a and "train_img_s" in r:

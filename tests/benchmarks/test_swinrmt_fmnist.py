@@ -79,3 +79,24 @@ def test_throughput_only_measures_the_chosen_variants_on_both_backends_and_train
     assert set(tp) == {"swat/auto", "swat/reference"}
     for row in tp.values():
         assert row["batch"] == 32 and row["train_img_s"] > 0 and row["infer_img_s"] > 0
+
+
+def test_skip_throughput_trains_the_chosen_variant_size_and_seeds_only(tmp_path, monkeypatch):
+    """``--skip-throughput --size small --variants rmt --first-seed 1`` (CPU smoke sizes, real Fashion-MNIST images,
+    a real worker process) trains one run, RMT small with seed 1, and measures no throughput."""
+    import json
+
+    monkeypatch.setitem(bench.SIZE, "name", "tiny")  # main() sets the module's size; restored after the test
+    monkeypatch.setattr(sys, "argv", ["swinrmt_fmnist.py", "--smoke", "--skip-throughput", "--size", "small",
+                                      "--variants", "rmt", "--seeds", "1", "--first-seed", "1",
+                                      "--out", str(tmp_path), "--work-dir", str(tmp_path / "work")])
+    bench.main()
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["throughput"] == {} and res["precompile"] == {} and res["env"]["size"] == "small"
+    (run,) = res["runs"]
+    assert (run["variant"], run["seed"], run["epochs_done"], run["schedule_complete"]) == ("rmt", 1, 1, True)
+    assert bench.model_name("rmt") == "gated_swinrmt_rmt_small"
+    small = bench.build("rmt", 0, torch.device("cpu"))
+    assert run["params"] == sum(p.numel() for p in small.parameters()) > 10_000_000
+    assert 0.0 <= run["test_top1"] <= 1.0
+    assert not (tmp_path / "weights.tar").exists()  # seed 0 of SWAT / Retention is what ships
