@@ -22,8 +22,9 @@ Usage::
 
     python benchmarks/swinrmt_fmnist.py --data .gdata/fmnist --out $OUT --compile none \\
         --total-budget-s 540 --budget-s 470 --seeds 1     # the 45-epoch run of the model card (H100, 467 s)
-    python benchmarks/swinrmt_fmnist.py --data .gdata/fmnist --out $OUT --size small --variants swat \
-        --compile reduce-overhead --epochs 40 --seeds 3 --total-budget-s 570 --budget-s 480   # one variant per call
+    python benchmarks/swinrmt_fmnist.py --data .gdata/fmnist --out $OUT --size small --variants swat \\
+        --skip-throughput --compile reduce-overhead --epochs 50 --seeds 3 \\
+        --total-budget-s 580 --budget-s 565              # comparison E: one call per variant (H100, 455-505 s)
     # --compile reduce-overhead: CUDA graphs (about 8x the eager step, which is host-bound);
     # --compile default spends most of a 9-minute call compiling (model card, comparison C)
     python benchmarks/swinrmt_fmnist.py --data /usr/share/datasets/fashion-mnist --out runs/bench --smoke   # CPU check
@@ -59,6 +60,8 @@ SIZE = {"name": "tiny"}
 def model_name(variant: str) -> str:
     """The zoo name of ``variant`` at the chosen ``--size``, e.g. ``gated_swinrmt_swat_tiny``."""
     return f"gated_swinrmt_{variant}_{SIZE['name']}"
+
+
 MODEL_ARGS = dict(img_size=28, in_chans=1, num_classes=10, stem_stride=2)
 #: the comparison's recipe. batch 512 (117 steps an epoch) rather than 1,024: twice the optimiser steps for the same
 #: images, which matters in a schedule of a few dozen epochs; lr scaled down with it. Random erasing (Zhong et al.,
@@ -475,7 +478,7 @@ def main() -> None:
     p.add_argument("--skip-throughput", action="store_true",
                    help="train only (our kernels): no phase 0 or 1, for a call whose throughput was measured before")
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
-                   help="with --throughput-only: the variants to measure (default: all three)")
+                   help="the variants to measure and train (default: all three)")
     p.add_argument("--compile", default="none", choices=["none", "default", "reduce-overhead",
                                                          "max-autotune-no-cudagraphs"],
                    help="torch.compile mode of the training step's model (both backends, throughput and training); "
