@@ -53,25 +53,22 @@ import torch.nn.functional as F
 T_START = time.time()
 VARIANTS = ("swat", "retention", "rmt")
 SIZES = ("tiny", "small")
-#: the model size of this process (``--size``); workers get it on their command line
-SIZE = {"name": "tiny"}
-
-
-def model_name(variant: str) -> str:
-    """The zoo name of ``variant`` at the chosen ``--size``, e.g. ``gated_swinrmt_swat_tiny``."""
-    return f"gated_swinrmt_{variant}_{SIZE['name']}"
-
-
 MODEL_ARGS = dict(img_size=28, in_chans=1, num_classes=10, stem_stride=2)
 #: the comparison's recipe. batch 512 (117 steps an epoch) rather than 1,024: twice the optimiser steps for the same
 #: images, which matters in a schedule of a few dozen epochs; lr scaled down with it. Random erasing (Zhong et al.,
 #: the standard Fashion-MNIST regulariser) at p=0.25 rather than 0.5, because the schedule is short.
-HPARAMS = dict(batch_size=512, lr=2e-3, weight_decay=0.05, warmup_epochs=2, label_smoothing=0.1, min_lr_ratio=0.01,
-               erase_p=0.25, crop_pad=3, flip=True)
+#: ``size`` is the model size of every variant (``--size``; workers get it on their command line).
+HPARAMS = dict(size="tiny", batch_size=512, lr=2e-3, weight_decay=0.05, warmup_epochs=2, label_smoothing=0.1,
+               min_lr_ratio=0.01, erase_p=0.25, crop_pad=3, flip=True)
 #: seconds the training phase keeps under --total-budget-s: phases 0-1 skip what would eat into it
 MIN_TRAIN_S = 240.0
 #: normalised value of a black pixel: the padding of the random crop (a constant avoids a device sync per step)
 BACKGROUND = -0.2860 / 0.3530
+
+
+def model_name(variant: str) -> str:
+    """The zoo name of ``variant`` at the chosen ``--size``, e.g. ``gated_swinrmt_swat_tiny``."""
+    return f"gated_swinrmt_{variant}_{HPARAMS['size']}"
 
 
 def load(data: str, device):
@@ -507,8 +504,8 @@ def main() -> None:
     if args.smoke:
         # 256 images in 8 batches of 32, one warm-up and one timed step: seconds on a busy 2-core CPU
         args.batch_size, args.warm_steps, args.calib_steps, args.tp_steps = 32, 1, 1, 1
-    HPARAMS.update(batch_size=args.batch_size, lr=args.lr, warmup_epochs=args.warmup_epochs, erase_p=args.erase_p)
-    SIZE["name"] = args.size
+    HPARAMS.update(size=args.size, batch_size=args.batch_size, lr=args.lr, warmup_epochs=args.warmup_epochs,
+                   erase_p=args.erase_p)
     if args.worker:
         return worker(args)
     if args.precompile:

@@ -86,7 +86,7 @@ def test_skip_throughput_trains_the_chosen_variant_size_and_seeds_only(tmp_path,
     a real worker process) trains one run, RMT small with seed 1, and measures no throughput."""
     import json
 
-    monkeypatch.setitem(bench.SIZE, "name", "tiny")  # main() sets the module's size; restored after the test
+    monkeypatch.setitem(bench.HPARAMS, "size", "tiny")  # main() sets the module's size; restored after the test
     monkeypatch.setattr(sys, "argv", ["swinrmt_fmnist.py", "--smoke", "--skip-throughput", "--size", "small",
                                       "--variants", "rmt", "--seeds", "1", "--first-seed", "1",
                                       "--out", str(tmp_path), "--work-dir", str(tmp_path / "work")])
