@@ -15,6 +15,10 @@ Phases (one GPU call, every phase inside the ``--total-budget-s`` deadline):
    the real contention); the parent plans the largest epoch count whose complete warm-up + cosine schedule fits the
    time left (with a safety margin) for the slowest worker, and all workers train exactly that many epochs
    (``--epochs N`` fixes the count instead: one variant per GPU call, the same schedule in every call);
+   With ``--epochs N`` and ``--work-dir`` the runs are resumable: each worker checkpoints (model, optimiser,
+   schedule, random generator) every ``--ckpt-every`` epochs and when the deadline (or ``--pause-after``) stops it;
+   the same command run again resumes every unfinished run where it stopped and does not retrain finished ones, so
+   one schedule can span several GPU calls. A paused run is scored on the test set only once complete;
 3. seed 0 of SWAT and Retention is written as zoo weights (``save_pretrained``, float16 tensors) for shipping;
 4. ``results.json``, the plot ``swinrmt_fmnist.png`` and ``weights.tar`` (the two weight folders) in ``--out``.
 
@@ -49,6 +53,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from gatedzoo.io import atomic_path, write_json
 
 T_START = time.time()
 VARIANTS = ("swat", "retention", "rmt")
@@ -342,11 +348,42 @@ def worker(args) -> None:
     epochs, deadline = int(epochs), float(deadline)
     total, warm = epochs * per_epoch, int(hp["warmup_epochs"] * per_epoch)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warm, hp["min_lr_ratio"]))
-    t0, losses, done, epoch_s = time.perf_counter(), [], 0, []
-    for _ in range(epochs):
-        if time.time() > deadline:  # emergency brake only: the plan leaves a margin; a cut run says so in results
+    ident = run_identity(args.variant, args.seed, epochs, args.limit)
+    ckpt = Path(work, f"ckpt_{tag}.pt")
+    done, losses, epoch_s, train_s, segments = 0, [], [], 0.0, []
+    if args.resumable and ckpt.exists():
+        saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+        if saved["ident"] != ident:  # the parent checked the sidecar; this guards a file swapped in between
+            raise SystemExit(f"{ckpt} belongs to another run ({saved['ident']}); delete it or use another --work-dir")
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["opt"])
+        sched.load_state_dict(saved["sched"])
+        gen.set_state(saved["gen"])
+        torch.set_rng_state(saved["rng"])
+        if device.type == "cuda":
+            torch.cuda.set_rng_state(saved["cuda_rng"])
+        done, losses, epoch_s, train_s, segments = (saved[k] for k in ("done", "losses", "epoch_s", "train_s",
+                                                                        "segments"))
+    start, t0 = done, time.perf_counter()
+
+    def save() -> None:
+        """Checkpoint everything the rest of the schedule depends on, atomically (a kill never leaves half a file)."""
+        state = {"ident": ident, "done": done, "losses": losses, "epoch_s": epoch_s, "segments": [*segments,
+                 [start, done]], "train_s": train_s + time.perf_counter() - t0, "model": model.state_dict(),
+                 "opt": opt.state_dict(), "sched": sched.state_dict(), "gen": gen.get_state(),
+                 "rng": torch.get_rng_state(),  # the global generators drive drop-path
+                 "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else torch.empty(0, dtype=torch.uint8)}
+        with atomic_path(ckpt) as tmp:
+            torch.save(state, tmp)
+        write_json(Path(work, f"ckpt_{tag}.json"), {"ident": ident, "done": done})
+
+    paused = False
+    while done < epochs:
+        # the deadline: a resumable run checkpoints and stops (the next call resumes it); otherwise an emergency
+        # brake only, since the plan leaves a margin, and a cut run says so in results
+        if time.time() > deadline or (args.pause_after and done - start >= args.pause_after):
+            paused = args.resumable
             break
-        done += 1
         te = time.perf_counter()
         model.train()
         perm = torch.randperm(len(xtr), device=device, generator=gen)
@@ -355,14 +392,21 @@ def worker(args) -> None:
             sched.step()
         losses.append(float(loss.detach()))
         epoch_s.append(time.perf_counter() - te)
-    train_s = time.perf_counter() - t0
-    xte, yte = data["test"]
-    acc = evaluate(model, xte[:args.limit or None], yte[:args.limit or None], device)
+        done += 1
+        if args.resumable and (done % args.ckpt_every == 0 or done == epochs):
+            save()
+    if paused and done > start and done % args.ckpt_every:
+        save()
+    train_s += time.perf_counter() - t0
     res = {"variant": args.variant, "seed": args.seed, "backend": args.backend, "compile": args.compile,
-           "epochs": epochs, "epochs_done": done, "schedule_complete": done == epochs, "test_top1": acc,
-           "train_s": train_s, "compile_warmup_s": compile_s, "epoch_s": epoch_s,
-           "losses": losses, "params": sum(p.numel() for p in model.parameters())}
-    if args.save:
+           "epochs": epochs, "epochs_done": done, "schedule_complete": done == epochs, "paused": paused,
+           "segments": [*segments, [start, done]], "test_top1": None, "train_s": train_s,
+           "compile_warmup_s": compile_s, "epoch_s": epoch_s, "losses": losses,
+           "params": sum(p.numel() for p in model.parameters())}
+    if not paused:  # a paused run is scored once, when its schedule is complete
+        xte, yte = data["test"]
+        res["test_top1"] = acc = evaluate(model, xte[:args.limit or None], yte[:args.limit or None], device)
+    if args.save and not paused:
         from gatedzoo.data.images import FASHION_MNIST_LABELS, FASHION_MNIST_MEAN, FASHION_MNIST_STD
 
         shipped = copy.deepcopy(model).cpu().half()
@@ -374,7 +418,34 @@ def worker(args) -> None:
             weights_dtype="float16", hparams={**hp, "epochs": epochs, "seed": args.seed},
         )
         shipped.save_pretrained(Path(args.save), metrics={"test/acc": acc})
-    (work / f"{tag}.json").write_text(json.dumps(res))
+    write_json(Path(work, f"run_{tag}.json"), res)
+
+
+def run_identity(variant: str, seed: int, epochs: int, limit: int) -> dict:
+    """What a checkpoint must match to be resumed: the run (variant, seed, size) and its whole schedule."""
+    return {"variant": variant, "seed": seed, "epochs": epochs, "limit": limit, "hparams": dict(HPARAMS)}
+
+
+def finished_run(work: Path, tag: str, ident: dict) -> dict | None:
+    """The stored result of ``tag`` if an earlier call completed it with this identity, else ``None``.
+
+    Raises ``SystemExit`` (before any work starts) when ``work`` holds a checkpoint of ``tag`` made for another
+    schedule or recipe: resuming it would mix two runs.
+    """
+    side = work / f"ckpt_{tag}.json"
+    if not side.exists():
+        return None
+    saved = json.loads(side.read_text())
+    if saved["ident"] != ident:
+        diff = sorted(k for k in ident if saved["ident"].get(k) != ident[k])
+        raise SystemExit(f"{work} holds a checkpoint of {tag} for another run (differs in: {', '.join(diff)}). "
+                         f"Repeat that run's exact command to resume it, or pass another --work-dir.")
+    res = work / f"run_{tag}.json"
+    if saved["done"] == ident["epochs"] and res.exists():
+        run = json.loads(res.read_text())
+        if run.get("schedule_complete") and run.get("epochs") == ident["epochs"]:
+            return run
+    return None
 
 
 def plot(results: list[str], path: str) -> None:
@@ -390,6 +461,7 @@ def plot(results: list[str], path: str) -> None:
     fig, axes = plt.subplots(1, 1 + len(results), figsize=(4.5 * (1 + len(results)), 3.6))
     for ax, res in zip(axes, results):
         d = json.loads(Path(res).read_text())
+        d["runs"] = [r for r in d["runs"] if r["test_top1"] is not None]  # paused runs are scored when complete
         for i, v in enumerate(VARIANTS):
             accs = [100 * r["test_top1"] for r in d["runs"] if r["variant"] == v]
             if accs:
@@ -466,7 +538,14 @@ def main() -> None:
     p.add_argument("--max-epochs", type=int, default=100)
     p.add_argument("--epochs", type=int, default=0,
                    help="train exactly this many epochs instead of planning them from the budget (0: plan); the way "
-                        "to give variants trained in separate GPU calls the same schedule")
+                        "to give variants trained in separate GPU calls the same schedule. The runs are then "
+                        "resumable: a call that reaches its deadline checkpoints them in --work-dir, and the same "
+                        "command run again continues them (runs completed earlier are not retrained)")
+    p.add_argument("--pause-after", type=int, default=0,
+                   help="with --epochs: train at most this many epochs in this call, then checkpoint and stop "
+                        "(0: until the schedule or the deadline ends); the same command resumes")
+    p.add_argument("--ckpt-every", type=int, default=5,
+                   help="with --epochs: checkpoint every N epochs (and at the deadline) in --work-dir")
     p.add_argument("--size", default="tiny", choices=SIZES, help="model size of every variant")
     p.add_argument("--min-epochs", type=int, default=1)
     p.add_argument("--tp-steps", type=int, default=20)
@@ -489,6 +568,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
     p.add_argument("--save", help=argparse.SUPPRESS)
+    p.add_argument("--resumable", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--backend", default="auto", help=argparse.SUPPRESS)
     p.add_argument("--limit", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--calib-steps", type=int, default=20, help=argparse.SUPPRESS)
@@ -516,13 +596,23 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="swinrmt_"))
     work.mkdir(parents=True, exist_ok=True)
-    for pattern in ("*.calib", "*.ready", "*.json", "epochs.txt", "go"):
+    # a fixed --epochs with a --work-dir makes the runs resumable: checkpoints (ckpt_<variant>_<seed>.pt) and results
+    # of earlier calls are kept; a planned schedule depends on this call's calibration, so it always starts afresh
+    resumable = bool(args.epochs and args.work_dir)  # a temporary work dir would not outlive this call
+    stale = ("*.calib", "*.ready", "pre_*.json", "epochs.txt", "go") + (() if resumable else ("run_*", "ckpt_*"))
+    for pattern in stale:
         for f in work.glob(pattern):
             f.unlink()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     seeds = 1 if args.smoke else args.seeds
     limit = 256 if args.smoke else 0
     bs = HPARAMS["batch_size"]
+    tags = [(v, s) for v in args.variants for s in range(args.first_seed, args.first_seed + seeds)]
+    finished = {(v, s): run for v, s in tags
+                if (run := finished_run(work, f"{v}_{s}", run_identity(v, s, args.epochs, limit))) is not None}
+    if finished:
+        print(f"already complete in {work} (not retrained): {', '.join(f'{v}_{s}' for v, s in finished)}",
+              flush=True)
     import gatedzoo.kernels.api as api
 
     env = {"torch": torch.__version__, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
@@ -532,7 +622,7 @@ def main() -> None:
     phases = {}
 
     pre = {}
-    if args.compile != "none" and not args.throughput_only and not args.skip_throughput:
+    if args.compile != "none" and not args.throughput_only and not args.skip_throughput and len(finished) < len(tags):
         t = time.time()
         pre = run_precompile(args, work, limit, min(deadline - MIN_TRAIN_S - 60, time.time() + 240))
         phases["precompile_s"] = time.time() - t
@@ -565,17 +655,19 @@ def main() -> None:
 
     t_start = time.perf_counter()
     procs = []
-    for v in args.variants:
+    todo = [t for t in tags if t not in finished]
+    for v, s in todo:
         backend = "auto" if "error" not in tp.get(f"{v}/auto", {}) else "reference"
         # a variant whose compiled step failed trains eager: slower, which the calibration then accounts for
         mode = args.compile if "error" not in tp.get(f"{v}/{backend}/compiled", {}) else "none"
-        for s in range(args.first_seed, args.first_seed + seeds):
-            cmd = [sys.executable, __file__, "--worker", "--variant", v, "--seed", str(s), "--work", str(work),
-                   "--backend", backend, "--compile", mode, "--limit", str(limit),
-                   "--calib-steps", str(args.calib_steps)] + common_args(args)
-            if s == 0 and v in ("swat", "retention"):
-                cmd += ["--save", str(work / "weights" / f"{model_name(v)}.fmnist")]
-            procs.append(subprocess.Popen(cmd, env=child_env((os.cpu_count() or 2) // (len(args.variants) * seeds))))
+        cmd = [sys.executable, __file__, "--worker", "--variant", v, "--seed", str(s), "--work", str(work),
+               "--backend", backend, "--compile", mode, "--limit", str(limit), "--calib-steps", str(args.calib_steps),
+               "--ckpt-every", str(args.ckpt_every), "--pause-after", str(args.pause_after)] + common_args(args)
+        if resumable:
+            cmd.append("--resumable")
+        if s == 0 and v in ("swat", "retention"):
+            cmd += ["--save", str(work / "weights" / f"{model_name(v)}.fmnist")]
+        procs.append(subprocess.Popen(cmd, env=child_env((os.cpu_count() or 2) // len(todo))))
     n = len(procs)
 
     def wait_all(suffix: str) -> None:
@@ -586,39 +678,47 @@ def main() -> None:
                 raise SystemExit(f"a worker failed before writing its {suffix} file; see its output above")
             time.sleep(0.2)
 
-    wait_all(".ready")
-    compile_wait = time.perf_counter() - t_start
-    (work / "go").write_text("")
-    wait_all(".calib")
-    step_s = max(float(f.read_text()) for f in work.glob("*.calib"))
     per_epoch = (limit or 60000) // bs
-    reserve = 25.0  # evaluation, saving, results, plot and tar after the last epoch
-    left = min(args.budget_s - (time.perf_counter() - t_start), deadline - time.time()) - reserve
-    fit = plan_epochs(left, step_s, per_epoch, args.margin, args.min_epochs, args.max_epochs)
-    epochs = 1 if args.smoke else args.epochs or fit
-    if args.epochs and args.epochs > fit:
-        print(f"warning: --epochs {args.epochs} exceeds the {fit} epochs the calibration fits in the budget; the "
-              "deadline may cut the schedule (results.json then says schedule_complete: false)", flush=True)
-    stop = time.time() + left
-    print(f"workers ready after {compile_wait:.1f} s; calibration: slowest concurrent step {step_s * 1e3:.1f} ms, "
-          f"{left:.0f} s left -> {epochs} epochs of {per_epoch} steps (planned {epochs * per_epoch * step_s:.0f} s)",
-          flush=True)
-    (work / "epochs.txt").write_text(f"{epochs} {stop}")
-    codes = [pr.wait() for pr in procs]
+    epochs, step_s, compile_wait, codes = args.epochs or (1 if args.smoke else 0), 0.0, 0.0, []
+    if procs:
+        wait_all(".ready")
+        compile_wait = time.perf_counter() - t_start
+        (work / "go").write_text("")
+        wait_all(".calib")
+        step_s = max(float(f.read_text()) for f in work.glob("*.calib"))
+        reserve = 25.0  # evaluation, checkpoints, saving, results, plot and tar after the last epoch
+        left = min(args.budget_s - (time.perf_counter() - t_start), deadline - time.time()) - reserve
+        fit = plan_epochs(left, step_s, per_epoch, args.margin, args.min_epochs, args.max_epochs)
+        epochs = epochs or fit
+        if args.epochs and args.epochs > fit:
+            print(f"note: --epochs {args.epochs} exceeds the {fit} epochs the calibration fits in this call; the runs "
+                  "checkpoint at the deadline and the same command, run again, resumes them", flush=True)
+        stop = time.time() + left
+        print(f"workers ready after {compile_wait:.1f} s; calibration: slowest concurrent step {step_s * 1e3:.1f} ms, "
+              f"{left:.0f} s left -> {epochs} epochs of {per_epoch} steps (planned {epochs * per_epoch * step_s:.0f} "
+              f"s for a whole schedule)", flush=True)
+        (work / "epochs.txt").write_text(f"{epochs} {stop}")
+        codes = [pr.wait() for pr in procs]
     phases["train_phase_s"] = time.perf_counter() - t_start
-    runs = [json.loads(f.read_text()) for f in sorted(work.glob("*_*.json")) if not f.name.startswith("pre_")]
+    runs = [json.loads((work / f"run_{v}_{s}.json").read_text()) for v, s in tags
+            if (work / f"run_{v}_{s}.json").exists()]
     summary = {"env": env, "throughput": tp, "precompile": pre, "runs": runs, "epochs": epochs,
                "steps_per_epoch": per_epoch, "worker_exit_codes": codes, "concurrent_step_s": step_s,
                "workers_ready_s": compile_wait, "phases": phases, "total_s": time.time() - T_START}
     (out / "results.json").write_text(json.dumps(summary, indent=1))
     for v in VARIANTS:
-        accs = [r["test_top1"] for r in runs if r["variant"] == v]
+        paused = [r["epochs_done"] for r in runs if r["variant"] == v and r.get("paused")]
+        if paused:
+            print(f"{v:10s} PAUSED after {min(paused)}-{max(paused)} of {epochs} epochs ({len(paused)} runs, "
+                  f"checkpoints in {work}): run the same command again to resume", flush=True)
+        accs = [r["test_top1"] for r in runs if r["variant"] == v and r["test_top1"] is not None]
         if not accs:
             continue
         m = sum(accs) / len(accs)
         sd = (sum((a - m) ** 2 for a in accs) / max(len(accs) - 1, 1)) ** 0.5
         line = f"{v:10s} top1 {100 * m:.2f} +- {100 * sd:.2f} (n={len(accs)})"
-        cut = [r["epochs_done"] for r in runs if r["variant"] == v and not r["schedule_complete"]]
+        cut = [r["epochs_done"] for r in runs if r["variant"] == v and not r["schedule_complete"]
+               and not r.get("paused")]
         if cut:  # the deadline brake fired: the learning rate had not reached the end of its schedule
             line += f"  SCHEDULE CUT after {min(cut)}-{max(cut)} of {epochs} epochs"
         for suffix, name in (("", "eager"), ("/compiled", "compiled")):
@@ -628,7 +728,8 @@ def main() -> None:
                         f"= {a['train_img_s'] / r['train_img_s']:.2f}x"
         print(line, flush=True)
     try:
-        plot([str(out / "results.json")], str(out / "swinrmt_fmnist.png"))
+        if any(r["test_top1"] is not None for r in runs):
+            plot([str(out / "results.json")], str(out / "swinrmt_fmnist.png"))
     except Exception as err:  # the numbers matter more than the picture
         print("plot failed:", repr(err), flush=True)
     if (work / "weights").exists():

@@ -100,3 +100,41 @@ def test_skip_throughput_trains_the_chosen_variant_size_and_seeds_only(tmp_path,
     assert run["params"] == sum(p.numel() for p in small.parameters()) > 10_000_000
     assert 0.0 <= run["test_top1"] <= 1.0
     assert not (tmp_path / "weights.tar").exists()  # seed 0 of SWAT / Retention is what ships
+
+
+def test_a_paused_run_resumes_where_it_stopped_and_ends_like_an_uninterrupted_one(tmp_path, monkeypatch):
+    """``--epochs 3 --pause-after 2`` checkpoints after two epochs and scores nothing; the same command again resumes
+    it and ends exactly where one uninterrupted 3-epoch run ends (same losses, same test top-1: the CPU is
+    deterministic); a third call retrains nothing; a checkpoint of another schedule is refused before any work.
+    Real Fashion-MNIST images, smoke sizes, real worker processes."""
+    import json
+    import subprocess
+
+    monkeypatch.setitem(bench.HPARAMS, "size", "tiny")
+
+    def run(work, *extra):
+        monkeypatch.setattr(sys, "argv", ["swinrmt_fmnist.py", "--smoke", "--skip-throughput", "--variants", "swat",
+                                          "--seeds", "1", "--epochs", "3", "--out", str(work / "out"),
+                                          "--work-dir", str(work), *extra])
+        bench.main()
+        (res,) = json.loads((work / "out" / "results.json").read_text())["runs"]
+        return res
+
+    paused = run(tmp_path / "a", "--pause-after", "2")
+    assert (paused["paused"], paused["epochs_done"], paused["test_top1"]) == (True, 2, None)
+    assert (tmp_path / "a" / "ckpt_swat_0.pt").exists()
+    resumed = run(tmp_path / "a")
+    straight = run(tmp_path / "b")
+    assert resumed["segments"] == [[0, 2], [2, 3]] and straight["segments"] == [[0, 3]]
+    assert resumed["schedule_complete"] and not resumed["paused"]
+    assert len(resumed["losses"]) == 3 and resumed["losses"] == straight["losses"]
+    assert resumed["test_top1"] == straight["test_top1"] is not None
+
+    def no_workers(*args, **kwargs):
+        raise AssertionError("a finished run must not be retrained")
+
+    with monkeypatch.context() as m:
+        m.setattr(subprocess, "Popen", no_workers)
+        assert run(tmp_path / "a") == resumed
+    with pytest.raises(SystemExit, match="differs in: epochs"):
+        run(tmp_path / "a", "--epochs", "4")
