@@ -31,6 +31,10 @@ Usage::
         --total-budget-s 580 --budget-s 565              # comparison E: one call per variant (H100, 455-505 s)
     # --compile reduce-overhead: CUDA graphs (about 8x the eager step, which is host-bound);
     # --compile default spends most of a 9-minute call compiling (model card, comparison C)
+    python benchmarks/swinrmt_fmnist.py --data .gdata/fmnist --out $OUT --work-dir runs/sw100_swat --size small \\
+        --variants swat --skip-throughput --compile reduce-overhead --epochs 100 --seeds 3 \\
+        --total-budget-s 535 --budget-s 525              # comparison F: run twice (the second call resumes)
+    python benchmarks/swinrmt_fmnist.py --merge call1/results.json call2/results.json merged.json
     python benchmarks/swinrmt_fmnist.py --data /usr/share/datasets/fashion-mnist --out runs/bench --smoke   # CPU check
     python benchmarks/swinrmt_fmnist.py --data /usr/share/datasets/fashion-mnist --out runs/bench --smoke \\
         --compile default --compile-backend aot_eager          # CPU compile check: minutes (6 compile processes)
@@ -489,6 +493,45 @@ def plot(results: list[str], path: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+def merge(paths: list[str], dest: str) -> dict:
+    """One comparison from the ``results.json`` of several calls (``--merge A.json B.json ... OUT.json``).
+
+    Every call must share the schedule (``epochs``), the hyper-parameters, the size and the compile mode; a
+    (variant, seed) may appear in several calls, paused in the earlier ones, and its complete run is kept. Refuses
+    duplicate complete runs and calls that still hold paused runs nothing completes. ``per_call`` keeps each call's
+    command and timings.
+    """
+    shared = ("hparams", "size", "compile", "torch", "device")
+    first = json.loads(Path(paths[0]).read_text())
+    runs, per_call = {}, []
+    for path in paths:
+        d = json.loads(Path(path).read_text())
+        diff = [k for k in shared if d["env"].get(k) != first["env"].get(k)] + (
+            ["epochs"] if d["epochs"] != first["epochs"] else [])
+        if diff:
+            raise SystemExit(f"{path} differs from {paths[0]} in {', '.join(diff)}: not one comparison")
+        for r in d["runs"]:
+            key = (r["variant"], r["seed"])
+            if r["test_top1"] is None:
+                runs.setdefault(key, None)
+                continue
+            if runs.get(key) is not None:
+                raise SystemExit(f"{path} repeats the complete run {key[0]} seed {key[1]}")
+            runs[key] = r
+        per_call.append({"file": str(path), "argv": d["env"].get("argv"), "runs": [f"{r['variant']}_{r['seed']}" + (
+            "" if r["test_top1"] is not None else f" (paused at {r['epochs_done']})") for r in d["runs"]],
+            **{k: d.get(k) for k in ("concurrent_step_s", "workers_ready_s", "phases", "total_s")}})
+    open_runs = sorted(f"{v}_{s}" for (v, s), r in runs.items() if r is None)
+    if open_runs:
+        raise SystemExit(f"paused and never completed in these calls: {', '.join(open_runs)}")
+    order = sorted(runs, key=lambda k: (VARIANTS.index(k[0]), k[1]))
+    doc = {"env": {**first["env"], "argv": None}, "epochs": first["epochs"],
+           "steps_per_epoch": first["steps_per_epoch"], "runs": [runs[k] for k in order], "per_call": per_call,
+           "throughput": {}}
+    write_json(dest, doc)
+    return doc
+
+
 def child_env(threads: int) -> dict:
     return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
             "TORCHINDUCTOR_COMPILE_THREADS": str(max(1, threads))}
@@ -578,9 +621,13 @@ def main() -> None:
     p.add_argument("--warmup-epochs", type=float, default=HPARAMS["warmup_epochs"])
     p.add_argument("--erase-p", type=float, default=HPARAMS["erase_p"], help="random-erasing probability")
     p.add_argument("--plot", nargs="+", metavar="FILE", help="results.json files then the PNG to write; no training")
+    p.add_argument("--merge", nargs="+", metavar="FILE",
+                   help="results.json files of several calls of one comparison, then the JSON to write; no training")
     args = p.parse_args()
     if args.plot:
         return plot(args.plot[:-1], args.plot[-1])
+    if args.merge:
+        return merge(args.merge[:-1], args.merge[-1])
     if args.smoke:
         # 256 images in 8 batches of 32, one warm-up and one timed step: seconds on a busy 2-core CPU
         args.batch_size, args.warm_steps, args.calib_steps, args.tp_steps = 32, 1, 1, 1

@@ -138,3 +138,31 @@ def test_a_paused_run_resumes_where_it_stopped_and_ends_like_an_uninterrupted_on
         assert run(tmp_path / "a") == resumed
     with pytest.raises(SystemExit, match="differs in: epochs"):
         run(tmp_path / "a", "--epochs", "4")
+
+
+def test_merge_keeps_the_completed_run_of_a_resumed_schedule_and_refuses_mixed_or_open_comparisons(tmp_path):
+    """``--merge``: a run paused in one call and completed in the next counts once; calls of another schedule, a run
+    completed twice, and a run that no call completes are refused with the reason."""
+    import json
+
+    def call(name, epochs, runs):
+        doc = {"env": {"hparams": {"lr": 2e-3}, "size": "small", "compile": "reduce-overhead", "torch": "t",
+                       "device": "d", "argv": [name]}, "epochs": epochs, "steps_per_epoch": 117,
+               "runs": [{"variant": v, "seed": s, "epochs_done": done, "test_top1": acc} for v, s, done, acc in runs],
+               "concurrent_step_s": 0.05, "workers_ready_s": 100.0, "phases": {}, "total_s": 500.0}
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(doc))
+        return str(path)
+
+    a = call("a", 100, [("swat", 0, 58, None), ("retention", 0, 100, 0.93)])
+    b = call("b", 100, [("swat", 0, 100, 0.946)])
+    doc = bench.merge([a, b], str(tmp_path / "m.json"))
+    assert [(r["variant"], r["test_top1"]) for r in doc["runs"]] == [("swat", 0.946), ("retention", 0.93)]
+    assert doc["per_call"][0]["runs"] == ["swat_0 (paused at 58)", "retention_0"]
+    assert json.loads((tmp_path / "m.json").read_text())["runs"] == doc["runs"]
+    with pytest.raises(SystemExit, match="differs .* in epochs"):
+        bench.merge([a, call("c", 50, [("rmt", 0, 50, 0.91)])], str(tmp_path / "x.json"))
+    with pytest.raises(SystemExit, match="repeats the complete run swat seed 0"):
+        bench.merge([b, b], str(tmp_path / "x.json"))
+    with pytest.raises(SystemExit, match="never completed in these calls: swat_0"):
+        bench.merge([a], str(tmp_path / "x.json"))
