@@ -14,7 +14,7 @@ Phases (one GPU call, every phase inside the ``--total-budget-s`` deadline):
    worker compiles and warms up, then all time ``--calib-steps`` steps *together* (a barrier, so the calibration sees
    the real contention); the parent plans the largest epoch count whose complete warm-up + cosine schedule fits the
    time left (with a safety margin) for the slowest worker, and all workers train exactly that many epochs
-   (``--epochs N`` fixes the count instead: one variant per GPU call, the same schedule in every call);
+   (``--epochs N`` fixes the count instead: one variant per GPU call, the same schedule in every call).
    With ``--epochs N`` and ``--work-dir`` the runs are resumable: each worker checkpoints (model, optimiser,
    schedule, random generator) every ``--ckpt-every`` epochs and when the deadline (or ``--pause-after``) stops it;
    the same command run again resumes every unfinished run where it stopped and does not retrain finished ones, so
