@@ -488,7 +488,8 @@ def plot(results: list[str], path: str) -> None:
         ax.bar([i + width * j for i in range(len(VARIANTS))], vals, width=width, label=label)
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(VARIANTS))], list(VARIANTS))
     ax.set_title(f"training images/s, batch {d['env']['hparams']['batch_size']}", fontsize=10)
-    ax.legend(fontsize=8)
+    if bars:  # a --skip-throughput run has none
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
