@@ -20,7 +20,9 @@ Phases (one GPU call, every phase inside the ``--total-budget-s`` deadline):
    the same command run again resumes every unfinished run where it stopped and does not retrain finished ones, so
    one schedule can span several GPU calls. A paused run is scored on the test set only once complete;
 3. seed 0 of SWAT and Retention is written as zoo weights (``save_pretrained``, float16 tensors) for shipping;
-4. ``results.json``, the plot ``swinrmt_fmnist.png`` and ``weights.tar`` (the two weight folders) in ``--out``.
+4. ``results.json``, the plot ``swinrmt_fmnist.png`` and ``weights.tar`` (the two weight folders) in ``--out``;
+   a tar over ``PART_BYTES`` is written as ``weights.tar.part00``, ``.part01``, ... instead (a GPU call returns files
+   of at most 16 MiB): ``cat weights.tar.part* > weights.tar`` joins them.
 
 Usage::
 
@@ -72,6 +74,8 @@ HPARAMS = dict(size="tiny", batch_size=512, lr=2e-3, weight_decay=0.05, warmup_e
                min_lr_ratio=0.01, erase_p=0.25, crop_pad=3, flip=True)
 #: seconds the training phase keeps under --total-budget-s: phases 0-1 skip what would eat into it
 MIN_TRAIN_S = 240.0
+#: largest file the benchmark leaves in --out: the device tool returns files of at most 16 MiB
+PART_BYTES = 15 * 2**20
 #: normalised value of a black pixel: the padding of the random crop (a constant avoids a device sync per step)
 BACKGROUND = -0.2860 / 0.3530
 
@@ -533,6 +537,23 @@ def merge(paths: list[str], dest: str) -> dict:
     return doc
 
 
+def split_file(path: Path, limit: int) -> list[Path]:
+    """Replace ``path`` by ``path.part00``, ``path.part01``, ... of at most ``limit`` bytes each when it is larger
+    (``cat path.part* > path`` restores it); a file within the limit stays as it is. Returns the files left."""
+    size = path.stat().st_size
+    if size <= limit:
+        return [path]
+    parts = []
+    with open(path, "rb") as f:
+        for i in range(math.ceil(size / limit)):
+            part = path.with_name(f"{path.name}.part{i:02d}")
+            with atomic_path(part) as tmp:
+                tmp.write_bytes(f.read(limit))
+            parts.append(part)
+    path.unlink()
+    return parts
+
+
 def child_env(threads: int) -> dict:
     return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
             "TORCHINDUCTOR_COMPILE_THREADS": str(max(1, threads))}
@@ -783,6 +804,7 @@ def main() -> None:
     if (work / "weights").exists():
         with tarfile.open(out / "weights.tar", "w") as tar:
             tar.add(work / "weights", arcname="weights")
+        split_file(out / "weights.tar", PART_BYTES)
     if not args.work_dir:
         shutil.rmtree(work, ignore_errors=True)
     print(f"total {time.time() - T_START:.0f} s", flush=True)

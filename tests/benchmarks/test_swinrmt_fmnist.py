@@ -166,3 +166,17 @@ def test_merge_keeps_the_completed_run_of_a_resumed_schedule_and_refuses_mixed_o
         bench.merge([b, b], str(tmp_path / "x.json"))
     with pytest.raises(SystemExit, match="never completed in these calls: swat_0"):
         bench.merge([a], str(tmp_path / "x.json"))
+
+
+def test_split_file_cuts_a_large_file_into_parts_that_join_back_and_leaves_a_small_one(tmp_path):
+    """Weights over the device tool's per-file limit come back in parts; ``cat path.part*`` restores the bytes."""
+    data = bytes(range(256)) * 40  # 10,240 bytes
+    big = tmp_path / "weights.tar"
+    big.write_bytes(data)
+    parts = bench.split_file(big, 4096)
+    assert [p.name for p in parts] == ["weights.tar.part00", "weights.tar.part01", "weights.tar.part02"]
+    assert not big.exists() and [p.stat().st_size for p in parts] == [4096, 4096, 2048]
+    assert b"".join(p.read_bytes() for p in sorted(tmp_path.glob("weights.tar.part*"))) == data
+    small = tmp_path / "small.tar"
+    small.write_bytes(data[:100])
+    assert bench.split_file(small, 4096) == [small] and small.read_bytes() == data[:100]
