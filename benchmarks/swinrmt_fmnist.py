@@ -434,26 +434,22 @@ def run_identity(variant: str, seed: int, epochs: int, limit: int) -> dict:
     return {"variant": variant, "seed": seed, "epochs": epochs, "limit": limit, "hparams": dict(HPARAMS)}
 
 
-def finished_run(work: Path, tag: str, ident: dict) -> dict | None:
-    """The stored result of ``tag`` if an earlier call completed it with this identity, else ``None``.
+def finished(work: Path, tag: str, ident: dict) -> bool:
+    """Whether an earlier call completed ``tag`` with this identity (its ``run_<tag>.json`` is then the result).
 
     Raises ``SystemExit`` (before any work starts) when ``work`` holds a checkpoint of ``tag`` made for another
     schedule or recipe: resuming it would mix two runs.
     """
     side = work / f"ckpt_{tag}.json"
     if not side.exists():
-        return None
+        return False
     saved = json.loads(side.read_text())
     if saved["ident"] != ident:
         diff = sorted(k for k in ident if saved["ident"].get(k) != ident[k])
         raise SystemExit(f"{work} holds a checkpoint of {tag} for another run (differs in: {', '.join(diff)}). "
                          f"Repeat that run's exact command to resume it, or pass another --work-dir.")
     res = work / f"run_{tag}.json"
-    if saved["done"] == ident["epochs"] and res.exists():
-        run = json.loads(res.read_text())
-        if run.get("schedule_complete") and run.get("epochs") == ident["epochs"]:
-            return run
-    return None
+    return saved["done"] == ident["epochs"] and res.exists() and bool(json.loads(res.read_text())["schedule_complete"])
 
 
 def plot(results: list[str], path: str) -> None:
@@ -677,11 +673,9 @@ def main() -> None:
     limit = 256 if args.smoke else 0
     bs = HPARAMS["batch_size"]
     tags = [(v, s) for v in args.variants for s in range(args.first_seed, args.first_seed + seeds)]
-    finished = {(v, s): run for v, s in tags
-                if (run := finished_run(work, f"{v}_{s}", run_identity(v, s, args.epochs, limit))) is not None}
-    if finished:
-        print(f"already complete in {work} (not retrained): {', '.join(f'{v}_{s}' for v, s in finished)}",
-              flush=True)
+    done = [(v, s) for v, s in tags if finished(work, f"{v}_{s}", run_identity(v, s, args.epochs, limit))]
+    if done:
+        print(f"already complete in {work} (not retrained): {', '.join(f'{v}_{s}' for v, s in done)}", flush=True)
     import gatedzoo.kernels.api as api
 
     env = {"torch": torch.__version__, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
@@ -691,7 +685,7 @@ def main() -> None:
     phases = {}
 
     pre = {}
-    if args.compile != "none" and not args.throughput_only and not args.skip_throughput and len(finished) < len(tags):
+    if args.compile != "none" and not args.throughput_only and not args.skip_throughput and len(done) < len(tags):
         t = time.time()
         pre = run_precompile(args, work, limit, min(deadline - MIN_TRAIN_S - 60, time.time() + 240))
         phases["precompile_s"] = time.time() - t
@@ -724,7 +718,7 @@ def main() -> None:
 
     t_start = time.perf_counter()
     procs = []
-    todo = [t for t in tags if t not in finished]
+    todo = [t for t in tags if t not in done]
     for v, s in todo:
         backend = "auto" if "error" not in tp.get(f"{v}/auto", {}) else "reference"
         # a variant whose compiled step failed trains eager: slower, which the calibration then accounts for
@@ -774,7 +768,7 @@ def main() -> None:
     summary = {"env": env, "throughput": tp, "precompile": pre, "runs": runs, "epochs": epochs,
                "steps_per_epoch": per_epoch, "worker_exit_codes": codes, "concurrent_step_s": step_s,
                "workers_ready_s": compile_wait, "phases": phases, "total_s": time.time() - T_START}
-    (out / "results.json").write_text(json.dumps(summary, indent=1))
+    write_json(out / "results.json", summary)
     for v in VARIANTS:
         paused = [r["epochs_done"] for r in runs if r["variant"] == v and r.get("paused")]
         if paused:
