@@ -8,11 +8,17 @@ hyper-parameters; only the run length, logging and callbacks are set here:
 * ``swin``: Gated-SwinRMT-SWAT tiny on Fashion-MNIST (``recipes/gated_swinrmt/swat_fmnist.yaml``), ``--swin-epochs``.
 
 Every configuration (1 device; N devices with ``ddp``; N devices with ``fsdp``) runs as its own process group
-(a subprocess; Lightning launches the other ranks). Scaling is *weak*: the per-device batch is the recipe's, so N
-devices see N times the samples per step; the learning rate is scaled by sqrt(N) (the square-root rule for Adam)
-and every configuration trains on the same number of samples, after which the validation metric is computed over
-the whole validation split (reduced across ranks). Throughput is steady state: the wall time between consecutive
-optimizer steps after ``--warmup`` steps, excluding validation and epoch starts. Peak GPU memory is
+(a subprocess; Lightning launches the other ranks). Scaling is *weak* by default: the per-device batch is the
+recipe's, so N devices see N times the samples per step, and the learning rate is scaled by sqrt(N) (the
+square-root rule for Adam). ``--scaling strong`` adds multi-device runs that keep the one-device optimisation: the
+recipe's batch split over the N devices (the same global batch, steps and learning rate), the comparison for
+"same validation metric". Every configuration trains on the same number of samples, after which the validation
+metric is computed over the whole validation split (reduced across ranks); ``--seeds`` repeats every configuration
+with other seeds, which measures the seed-to-seed noise of that metric. ``--compile MODE`` compiles the
+Gated-SwinRMT model (``Classification(compile=MODE)``, e.g. ``reduce-overhead``: CUDA graphs).
+Throughput is steady state: the median wall time between consecutive optimizer steps after ``--warmup`` steps,
+excluding validation and epoch starts (the median, because a compiled model recompiles once for an epoch's shorter
+last batch; the mean is recorded too). Peak GPU memory is
 ``torch.cuda.max_memory_allocated`` (the largest over ranks); host memory is the resident memory of a rank and its
 DataLoader workers, sampled every 50 steps. For FSDP the run also resumes from its last checkpoint (the step must
 continue); for every multi-device run the zoo weights (written by rank 0, unsharded) are loaded on the CPU and
@@ -34,6 +40,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -103,7 +110,7 @@ class StepClock(L.Callback):
     """
 
     def __init__(self, warmup: int, rss_every: int = 50):
-        self.warmup, self.last, self.total, self.steps = warmup, None, 0.0, 0
+        self.warmup, self.last, self.total, self.steps, self.intervals = warmup, None, 0.0, 0, []
         self.rss_every, self.rss_peak, self.exclude = rss_every, 0.0, set()
 
     @staticmethod
@@ -135,6 +142,7 @@ class StepClock(L.Callback):
         if self.last is not None and trainer.global_step > self.warmup:
             self.total += now - self.last
             self.steps += 1
+            self.intervals.append(now - self.last)
         self.last = now
 
 
@@ -150,6 +158,8 @@ class StartStep(L.Callback):
 
 def spy_attention_backends() -> Counter:
     """Count the attention backend each call resolves to in this process (shows the Triton kernels ran per rank)."""
+    import torch
+
     import gatedzoo.kernels.api as api
 
     used: Counter = Counter()
@@ -157,7 +167,10 @@ def spy_attention_backends() -> Counter:
 
     def counted(args, backend):
         chosen = select(args, backend)
-        used[chosen] += 1
+        # counted in eager calls only: traced by torch.compile, the increment would be a guard on the count, and
+        # every call would recompile the model (until Dynamo's recompile limit sends it back to eager)
+        if not torch.compiler.is_compiling():
+            used[chosen] += 1
         return chosen
 
     api.select_backend = counted
@@ -177,7 +190,8 @@ def worker(cfg: dict) -> None:
     L.seed_everything(cfg["seed"], workers=True)
     n = cfg["devices"]
     model_init = dict(recipe["model"]["init_args"])
-    model_init["lr"] = model_init["lr"] * math.sqrt(n)
+    if not cfg.get("strong"):
+        model_init["lr"] = model_init["lr"] * math.sqrt(n)
     model_init.update(cfg.get("model_overrides", {}))
     build = lambda: instantiate({"class_path": recipe["model"]["class_path"], "init_args": model_init})  # noqa: E731
     model = build()
@@ -206,7 +220,8 @@ def worker(cfg: dict) -> None:
     fit_s = time.perf_counter() - t0
     rank, world = trainer.global_rank, trainer.world_size
     rec = {"rank": rank, "world": world, "steps": trainer.global_step, "timed_steps": clock.steps,
-           "timed_s": clock.total, "fit_s": fit_s, "per_device_batch": per_device_batch,
+           "timed_s": clock.total, "median_step_s": statistics.median(clock.intervals) if clock.intervals else None,
+           "fit_s": fit_s, "per_device_batch": per_device_batch,
            "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
            "rss_gib": clock.rss_peak}
     rec["attention_backends"] = dict(backends)
@@ -237,12 +252,14 @@ def run_config(cfg: dict, timeout: float) -> dict:
         tail = (out / "log.txt").read_text()[-2500:]
         return {"ok": False, "error": f"rc={proc.returncode}", "log_tail": tail, "wall_s": wall}
     r0 = recs[0]
-    step_s = r0["timed_s"] / max(r0["timed_steps"], 1)
+    mean_s = r0["timed_s"] / max(r0["timed_steps"], 1)
+    step_s = r0.get("median_step_s") or mean_s
     res = {"ok": True, "wall_s": round(wall, 1), "steps": r0["steps"], "timed_steps": r0["timed_steps"],
            "per_device_batch": r0["per_device_batch"], "global_batch": r0["per_device_batch"] * r0["world"],
            "samples_seen": r0["steps"] * r0["per_device_batch"] * r0["world"],
            "samples_per_s": r0["per_device_batch"] * r0["world"] / step_s if r0["timed_steps"] else None,
            "step_ms": 1e3 * step_s if r0["timed_steps"] else None,
+           "samples_per_s_mean": r0["per_device_batch"] * r0["world"] / mean_s if r0["timed_steps"] else None,
            "peak_mem_gib": max((r["peak_mem_gib"] or 0) for r in recs) or None,
            "host_rss_gib_per_rank": max(r["rss_gib"] for r in recs),
            "metric": r0["val"].get(METRIC[cfg["recipe"]]), "val": r0["val"],
@@ -292,14 +309,15 @@ def write_report(out: Path, results: dict, meta: dict) -> None:
             lines.append(f"| {r['recipe']} | {r['devices']} | {r['strategy']} | failed: {r.get('error')} |"
                          + " |" * 7)
             continue
-        base = results.get(f"{r['recipe']}_1_single", {})
+        base = results.get(f"{r['recipe']}_1_single" + (f"_seed{r['seed']}" if r.get("seed") else ""), {})
         sp = (f"{r['samples_per_s'] / base['samples_per_s']:.2f}x" if base.get("ok") and base.get("samples_per_s")
               and r.get("samples_per_s") else "-")
         mem = f"{r['peak_mem_gib']:.2f}" if r.get("peak_mem_gib") else "-"
         met = f"{METRIC[r['recipe']]} = {r['metric']:.4f}" if r.get("metric") is not None else "-"
         sps = f"{r['samples_per_s']:.0f}" if r.get("samples_per_s") else "-"
         stp = f"{r['step_ms']:.1f}" if r.get("step_ms") else "-"
-        strat = r["strategy"] + (f" (seed {r['seed']})" if r.get("seed") else "")
+        strat = (r["strategy"] + (" strong" if r.get("scaling") == "strong" else "")
+                 + (f" (seed {r['seed']})" if r.get("seed") else ""))
         lines.append(f"| {r['recipe']} | {r['devices']} | {strat} | {r['global_batch']} | {sps} | {sp} | "
                      f"{stp} | {mem} | {r['host_rss_gib_per_rank']:.2f} | {r['samples_seen']} | "
                      f"{met} |")
@@ -327,6 +345,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--warmup", type=int, default=30)
     ap.add_argument("--no-single", action="store_true", help="skip the 1-device runs (e.g. a run of FSDP alone)")
     ap.add_argument("--noise-seed", type=int, default=None, help="also run the 1-device configuration with this seed")
+    ap.add_argument("--seeds", default="0", help="seeds of every configuration, e.g. 0,1 (default 0)")
+    ap.add_argument("--scaling", default="weak", help="weak (per-device batch fixed), strong (global batch fixed) "
+                    "or both: weak,strong")
+    ap.add_argument("--compile", default=None, help="torch.compile mode for the swin recipe (e.g. reduce-overhead)")
     ap.add_argument("--budget-s", type=float, default=400, help="skip configurations once this much time is spent")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -357,18 +379,26 @@ def main(argv=None) -> dict:
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "command": "python benchmarks/scaling.py " + " ".join(argv if argv is not None else sys.argv[1:]),
             "cpu_cores": cores, "dataloader_workers_per_rank": workers,
-            "lr_rule": "lr x sqrt(devices); per-device batch fixed (weak scaling)"}
+            "lr_rule": "weak scaling: lr x sqrt(devices), per-device batch fixed; strong scaling: the recipe's global "
+                       "batch split over the devices, lr unchanged", "swin_compile": a.compile}
     results: dict = {}
     recipes = [r for r in a.recipes.split(",") if r]
     # single and DDP for every recipe first, FSDP last: what a short time budget leaves out is the FSDP runs
-    plan = [] if a.no_single else [(r, "single", 1, 0) for r in recipes]
-    for strategy in [s for s in a.strategies.split(",") if s]:
-        plan += [(r, strategy, n, 0) for r in recipes]
-    plan.sort(key=lambda x: x[1] == "fsdp")
+    modes = [m for m in a.scaling.split(",") if m]
+    if not set(modes) <= {"weak", "strong"}:
+        ap.error(f"--scaling {a.scaling}: use weak, strong or weak,strong")
+    seeds = [int(x) for x in a.seeds.split(",") if x]
+    plan = []
+    for seed in seeds:
+        plan += [] if a.no_single else [(r, "single", 1, seed, "weak") for r in recipes]
+        for strategy in [s for s in a.strategies.split(",") if s]:
+            plan += [(r, strategy, n, seed, mode) for mode in modes for r in recipes]
+    # the first seed before the others, FSDP last: what a short time budget leaves out is the repeats and FSDP
+    plan.sort(key=lambda x: (x[3] != seeds[0], x[1] == "fsdp"))
     # a second seed of the single-device run measures the seed-to-seed noise of the validation metric
-    plan += [(r, "single", 1, a.noise_seed) for r in recipes if a.noise_seed is not None]
+    plan += [(r, "single", 1, a.noise_seed, "weak") for r in recipes if a.noise_seed is not None]
     shards = work / "shards"
-    for recipe, strategy, devs, seed in plan:
+    for recipe, strategy, devs, seed, mode in plan:
         if recipe == "scfm" and "collection" not in results:
             cells = 3000 if a.tiny else a.scfm_cells
             t0 = time.perf_counter()
@@ -382,7 +412,7 @@ def main(argv=None) -> dict:
                                      "host_ram_gib_visible": mem_total,
                                      "generate_s": round(time.perf_counter() - t0, 1)}
             write_report(out, results, meta)
-        key = f"{recipe}_{devs}_{strategy}" + (f"_seed{seed}" if seed else "")
+        key = f"{recipe}_{devs}_{strategy}" + ("_strong" if mode == "strong" else "") + (f"_seed{seed}" if seed else "")
         if time.perf_counter() - t_start > a.budget_s:
             results[key] = {"recipe": recipe, "devices": devs, "strategy": strategy, "ok": False,
                             "error": "skipped: time budget spent"}
@@ -393,10 +423,11 @@ def main(argv=None) -> dict:
             continue
         cfg = {"recipe": recipe, "devices": devs, "strategy": "auto" if strategy == "single" else strategy,
                "accelerator": "gpu" if gpu else "cpu", "precision": "bf16-mixed" if gpu else "32-true",
-               "seed": seed, "warmup": 3 if a.tiny else a.warmup, "out": str(work / key)}
+               "seed": seed, "warmup": 3 if a.tiny else a.warmup, "out": str(work / key), "strong": mode == "strong"}
+        split = devs if mode == "strong" else 1  # strong scaling: the one-device batch split over the devices
         if recipe == "scfm":
             train_cells = 600 if a.tiny else a.scfm_train_cells
-            bs = 8 if a.tiny else 64
+            bs = (8 if a.tiny else 64) // split
             cfg.update(epochs=1, data_overrides={"shards": str(shards), "num_workers": workers, "batch_size": bs,
                                                  **({"max_genes": 64} if a.tiny else {})})
             # the same number of cells for every device count: limit the (per-rank) batches of the one epoch
@@ -405,7 +436,7 @@ def main(argv=None) -> dict:
                 cfg["model_overrides"] = {"model_args": {"dim": 32, "depth": 1, "num_heads": 2}}
                 cfg["limit_val_batches"] = 4
         else:
-            bs = 16 if a.tiny else 256
+            bs = (16 if a.tiny else 256) // split
             cfg.update(epochs=1 if a.tiny else a.swin_epochs,
                        data_overrides={"batch_size": bs, "num_workers": workers, "root": a.fmnist_root,
                                        **({"limit": 800} if a.tiny else {})})
@@ -413,12 +444,15 @@ def main(argv=None) -> dict:
                 cfg["model_overrides"] = {"model_args": {"img_size": 28, "in_chans": 1, "num_classes": 10,
                                                          "stem_stride": 2, "depths": [1, 1, 1, 1]}}
                 cfg["limit_val_batches"] = 4
+            if a.compile:
+                cfg.setdefault("model_overrides", {})["compile"] = a.compile
         timeout = max(60.0, a.budget_s + 60 - (time.perf_counter() - t_start))
         try:
             res = run_config(cfg, timeout)
         except subprocess.TimeoutExpired:
             res = {"ok": False, "error": f"timed out after {timeout:.0f} s"}
-        results[key] = {"recipe": recipe, "devices": devs, "strategy": strategy, "seed": seed, **res}
+        results[key] = {"recipe": recipe, "devices": devs, "strategy": strategy, "seed": seed, "scaling": mode,
+                        **res}
         if res.get("ok") and devs > 1:
             try:
                 results[key]["zoo_check"] = check_zoo(work / key / "zoo", work / key / "ckpt" / "last.ckpt")

@@ -25,6 +25,8 @@ import triton.language as tl
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 LOG2E = 1.4426950408889634
+# ln(2) / 2: sigmoid(s ln 2) = 0.5 tanh(s ln(2) / 2) + 0.5 (a constexpr global, the only kind a kernel may read)
+HALF_LN2 = tl.constexpr(0.34657359027997264)
 # Tests set this to fill every output buffer with NaN before a launch, so an element the kernel forgot fails.
 POISON_OUTPUTS = False
 # "atomic": one backward pass over key tiles adds dQ with fp32 atomics; "separate": a second kernel computes dQ.
@@ -104,15 +106,31 @@ def _distance(ii, jj, POS, T, HAS_POS: tl.constexpr):
 
 
 @triton.jit
-def _sigmoid2(s2, FAST: tl.constexpr):
-    """sigmoid(s2 * ln 2). ``FAST``: one ``tanh.approx`` (about 2^-11 relative error, used for 16-bit inputs)
-    instead of exp2 plus an IEEE division."""
+def _scores2(qk, scale2, coef2, dist, LIN: tl.constexpr):
+    """The log2-scaled scores before the bias: ``qk * scale2``, plus ``coef2 * dist`` for a linear distance term
+    (ALiBi slopes or additive decay)."""
+    s2 = qk * scale2
+    if LIN:
+        s2 = s2 + coef2 * dist
+    return s2
+
+
+@triton.jit
+def _sigmoid_scores(qk, scale2, bias2, coef2, dist, LIN: tl.constexpr, FAST: tl.constexpr):
+    """sigmoid(s * ln 2) of the log2-scaled scores ``s = qk * scale2 + coef2 * dist (LIN) + bias2``.
+
+    ``FAST`` (16-bit inputs): ``0.5 * tanh.approx(s * ln(2) / 2) + 0.5``, one special-function op (about 2^-11
+    relative error) instead of exp2 plus an IEEE division; the factor ln(2) / 2 is folded into the scalar
+    coefficients, so the argument costs one multiply-add per element (v6 in benchmarks/NOTES.md: +5 % forward).
+    """
     if FAST:
-        t = tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f", [s2 * 0.34657359027997264],
-                                      dtype=tl.float32, is_pure=True, pack=1)
+        x = qk * (scale2 * HALF_LN2) + bias2 * HALF_LN2
+        if LIN:
+            x = x + (coef2 * HALF_LN2) * dist
+        t = tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True,
+                                      pack=1)
         return 0.5 * t + 0.5
-    else:
-        return 1.0 / (1.0 + tl.exp2(-s2))
+    return 1.0 / (1.0 + tl.exp2(-(_scores2(qk, scale2, coef2, dist, LIN) + bias2)))
 
 
 @triton.jit
@@ -124,15 +142,14 @@ def _activate(qk, ii, jj, len_q, len_k, lse2, POS, T, scale2, bias2, coef2, mcoe
     ``p`` is sigmoid(s) or exp(s - lse) with masked entries 0, ``w`` the multiplicative decay ``gamma ** dist``
     (1 without it). ``ii`` / ``jj`` are the query / key indices broadcast to the tile's orientation.
     """
-    s2 = qk * scale2
     dist = 0.0
     if HAS_DIST:
         dist = _distance(ii, jj, POS, T, HAS_POS)
-        if HAS_SLOPES or DECAY_MODE == 1:
-            s2 = s2 + coef2 * dist
+    LIN: tl.constexpr = HAS_DIST and (HAS_SLOPES or DECAY_MODE == 1)
     if ACT == 0:
-        p = _sigmoid2(s2 + bias2, FAST)
+        p = _sigmoid_scores(qk, scale2, bias2, coef2, dist, LIN, FAST)
     else:
+        s2 = _scores2(qk, scale2, coef2, dist, LIN)
         p = tl.exp2(s2 - lse2)
     if MASK:
         valid = (ii < len_q) & (jj < len_k)
@@ -158,21 +175,20 @@ def _fwd_step(acc, m_i, l_i, q, k_base, v_base, offs_m, n_start, offs_n, offs_d,
         kv_mask = (offs_d < D)[None, :]
     k = tl.load(k_base + cols[:, None] * stride_kr + offs_d[None, :], mask=kv_mask, other=0.0)
     qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
-    s2 = qk * scale2
     dist = 0.0
     if HAS_DIST:
         dist = _distance(offs_m[:, None], cols[None, :], POS, T, HAS_POS)
-        if HAS_SLOPES or DECAY_MODE == 1:
-            s2 = s2 + coef2 * dist
+    LIN: tl.constexpr = HAS_DIST and (HAS_SLOPES or DECAY_MODE == 1)
     if MASK:
         valid = (cols < len_k)[None, :]
         if CAUSAL:
             valid = valid & (cols[None, :] <= offs_m[:, None])
     if ACT == 0:
-        p = _sigmoid2(s2 + bias2, FAST)
+        p = _sigmoid_scores(qk, scale2, bias2, coef2, dist, LIN, FAST)
         if MASK:
             p = tl.where(valid, p, 0.0)
     else:
+        s2 = _scores2(qk, scale2, coef2, dist, LIN)
         if MASK:
             s2 = tl.where(valid, s2, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s2, 1))
@@ -318,20 +334,20 @@ def _attn_fwd_windows(
         g = tl.load(G + h * stride_gh + rows * stride_gr, mask=row_ok, other=0.0)
     bias2, coef2, mcoef2 = _head_terms(h, tl.full([], T, tl.int32), BIAS, SLOPES, DECAY, bias_value2, ACT,
                                        BIAS_MODE, HAS_SLOPES, DECAY_MODE)
-    s2 = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * scale2
+    qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
     HAS_DIST: tl.constexpr = HAS_SLOPES or DECAY_MODE != 0
+    LIN: tl.constexpr = HAS_DIST and (HAS_SLOPES or DECAY_MODE == 1)
     dist = 0.0
     if HAS_DIST:
         dist = _distance(t[:, None], t[None, :], POS, T, HAS_POS)
-        if HAS_SLOPES or DECAY_MODE == 1:
-            s2 = s2 + coef2 * dist
     # a query sees the keys of its own window only; every query row has at least itself
     valid = win[:, None] == win[None, :]
     if CAUSAL:
         valid = valid & (t[None, :] <= t[:, None])
     if ACT == 0:
-        p = tl.where(valid, _sigmoid2(s2 + bias2, FAST), 0.0)
+        p = tl.where(valid, _sigmoid_scores(qk, scale2, bias2, coef2, dist, LIN, FAST), 0.0)
     else:
+        s2 = _scores2(qk, scale2, coef2, dist, LIN)
         s2 = tl.where(valid, s2, float("-inf"))
         m = tl.max(s2, 1)
         p = tl.exp2(s2 - m[:, None])

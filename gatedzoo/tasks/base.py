@@ -19,6 +19,10 @@ TRAIN_LOSS = "train/loss"
 VAL_LOSS = "val/loss"
 TEST_LOSS = "test/loss"
 
+#: ``torch.compile`` modes a task accepts, and those that capture CUDA graphs
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+
 #: evaluators by task name: ``fn(model, data: str | None, split: str) -> dict[str, float]``
 EVALUATORS: dict[str, Callable] = {}
 
@@ -47,6 +51,13 @@ class ZooTask(L.LightningModule):
             epoch) or ``"constant"``. Default: ``"cosine"``.
         min_lr_ratio (float): floor of the cosine schedule. Default: ``0.01``.
         freeze (list[str], Optional): parameter-name prefixes to freeze (fine-tuning). Default: `None`.
+        compile (str, Optional): compile the model with ``torch.compile`` in this mode before training or
+            evaluating: ``"default"``, ``"reduce-overhead"`` (CUDA graphs: the per-step host work goes, which is
+            what bounds the small image models, see docs/scaling.md), ``"max-autotune"`` or
+            ``"max-autotune-no-cudagraphs"``. The parameter names, checkpoints and zoo weights are the same as
+            without it. Default: `None` (eager).
+        compile_backend (str): the ``torch.compile`` backend; ``"aot_eager"`` traces without generating code
+            (debugging, CPUs without a compiler). Default: ``"inductor"``.
     """
 
     def __init__(
@@ -60,10 +71,14 @@ class ZooTask(L.LightningModule):
         schedule: str = "cosine",
         min_lr_ratio: float = 0.01,
         freeze: list[str] | None = None,
+        compile: str | None = None,
+        compile_backend: str = "inductor",
     ):
         super().__init__()
         if schedule not in ("cosine", "halving", "constant"):
             raise ValueError(f"schedule={schedule!r}; use 'cosine', 'halving' or 'constant'.")
+        if compile is not None and compile not in COMPILE_MODES:
+            raise ValueError(f"compile={compile!r}; use one of {list(COMPILE_MODES)}, or leave it unset for eager.")
         self.save_hyperparameters()
         # a dotted CLI override (--model.init_args.model_args.num_classes 3) arrives as the string "3": read
         # string values as YAML scalars, as the recipe file itself would
@@ -80,6 +95,29 @@ class ZooTask(L.LightningModule):
         # called before a sharding strategy wraps the model: FSDP (use_orig_params) turns every parameter into a
         # flat 1-D shard, so the weight-decay split below must use the shapes recorded here
         self._param_ndim = {name: p.ndim for name, p in self.model.named_parameters()}
+        mode = self.hparams.get("compile")
+        if mode is not None and getattr(self.model, "_compiled_call_impl", None) is None:
+            # nn.Module.compile compiles __call__ in place: state-dict keys, checkpoints and zoo weights keep their
+            # names (torch.compile(module) would prefix them with "_orig_mod.")
+            self.model.compile(mode=mode, backend=self.hparams.get("compile_backend", "inductor"))
+
+    def _mark_step(self) -> None:
+        # CUDA graphs reuse their output buffers: a new step must be declared, or a validation pass (forward only)
+        # right after training could overwrite outputs that are still being read
+        if self.hparams.get("compile") in CUDA_GRAPH_MODES:
+            torch.compiler.cudagraph_mark_step_begin()
+
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        self._mark_step()
+
+    def on_validation_batch_start(self, batch, batch_idx, dataloader_idx=0) -> None:
+        self._mark_step()
+
+    def on_test_batch_start(self, batch, batch_idx, dataloader_idx=0) -> None:
+        self._mark_step()
+
+    def on_predict_batch_start(self, batch, batch_idx, dataloader_idx=0) -> None:
+        self._mark_step()
 
     def on_fit_start(self) -> None:
         # the data module knows the preprocessing (scalers, vocabularies, label names) that must travel with weights
