@@ -19,6 +19,7 @@ import functools
 import json
 import math
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -313,10 +314,87 @@ def write_outputs(result: dict) -> None:
     fig.savefig(OUT / "attention.png", dpi=110)
 
 
+def _three_ways(fn) -> tuple[float, float, float]:
+    """(eager median ms, CUDA-graph replay median ms, host µs per eager call over 200 calls issued without a sync)."""
+    eager = bench(fn)
+    fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(200):
+        fn()
+    host_us = (time.perf_counter() - t0) / 200 * 1e6
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return eager, bench(graph.replay), host_us
+
+
+def launch_rows() -> None:
+    """The short-N rows whose full-run figures move with the host, three ways (forward, prints only): the
+    benchmark's eager median, the same forward replayed from a CUDA graph (device time without Python), and the
+    host's time per eager call. Causal against non-causal (causal first, as in the full run, where the causal
+    kernels are compiled fresh), then 25 % padding against dense at N = 1024 (``seq_lens`` and
+    ``cu_seqlens`` + ``max_seqlen``, effective TFLOPS as in the padding rows)."""
+    for D in (128, 64):
+        for N in (1024, 4096):
+            B, H = TOKENS // N, HIDDEN // D
+            q, k, v = (rand(B, N, H, D, grad=False) for _ in range(3))
+            bias = -math.log(N)
+            for causal in (True, False, True, False):
+                eager, graphed, host_us = _three_ways(
+                    functools.partial(attention, q, k, v, sigmoid_bias=bias, causal=causal))
+                print(f"launch D={D:3d} N={N:5d} causal={causal!s:5s} eager {eager:.3f} ms  graphed {graphed:.3f} ms  "
+                      f"host {host_us:.0f} us/call", flush=True)
+            del q, k, v
+            torch.cuda.empty_cache()
+    N, D = 1024, 128
+    B, H = TOKENS // N, HIDDEN // D
+    gen = torch.Generator().manual_seed(0)
+    for pad in (0.0, 0.25):
+        lens = torch.randint(int(N * (1 - pad)), N + 1, (B,), generator=gen) if pad else torch.full((B,), N)
+        flops = 4 * H * D * float((lens.double() ** 2).sum())
+        q, k, v = (rand(B, N, H, D, grad=False) for _ in range(3))
+        total = int(lens.sum())
+        qp, kp, vp = (rand(total, H, D, grad=False) for _ in range(3))
+        cu = F.pad(lens.cumsum(0), (1, 0)).to(torch.int32).cuda()
+        cases = {"seq_lens": functools.partial(attention, q, k, v, sigmoid_bias=-math.log(N),
+                                               seq_lens=lens.to(torch.int32).cuda()),
+                 "cu_seqlens+max": functools.partial(attention, qp, kp, vp, sigmoid_bias=-math.log(N), cu_seqlens=cu,
+                                                     max_seqlen=int(lens.max()))}
+        for name, fn in cases.items():
+            eager, graphed, host_us = _three_ways(fn)
+            print(f"launch D={D} N={N} pad={pad:.2f} {name:14s} eager {flops / eager / 1e9:6.1f} graphed "
+                  f"{flops / graphed / 1e9:6.1f} effective TFLOPS  host {host_us:.0f} us/call", flush=True)
+
+
+def host_profile(calls: int = 300) -> None:
+    """Where the host time of one eager call goes (cProfile over ``calls`` forward + backward calls, D = 128,
+    N = 1024, causal): the calls are issued without syncs, so the GPU never holds Python up."""
+    import cProfile
+    import pstats
+
+    B, H, N, D = TOKENS // 1024, HIDDEN // 128, 1024, 128
+    q, k, v = rand(B, N, H, D), rand(B, N, H, D), rand(B, N, H, D)
+    out = attention(q, k, v, sigmoid_bias=-math.log(N), causal=True)
+    dout = torch.randn_like(out)
+    out.backward(dout)
+    torch.cuda.synchronize()
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(calls):
+        attention(q, k, v, sigmoid_bias=-math.log(N), causal=True).backward(dout)
+    prof.disable()
+    torch.cuda.synchronize()
+    pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few shapes, no files written")
     parser.add_argument("--recheck", action="store_true", help="short-sequence and window rows only, no files")
+    parser.add_argument("--launch-check", action="store_true", help="causal vs non-causal: eager, graphed, host")
+    parser.add_argument("--host-profile", action="store_true", help="cProfile of eager forward + backward calls")
     parser.add_argument("--dq-mode", default=tk.BWD_DQ_MODE, choices=["atomic", "separate"])
     args = parser.parse_args()
     tk.BWD_DQ_MODE = args.dq_mode
@@ -330,6 +408,9 @@ def main() -> None:
         sigmoid="tanh.approx for bf16" if tk.FAST_SIGMOID else "exp2 + IEEE division",
         configs={f"{p}/{s}": [str(c) for c in cs] for (p, s), cs in tk.CONFIGS.items()}, **ceil,
     )
+    if args.launch_check or args.host_profile:
+        launch_rows() if args.launch_check else host_profile()
+        return
     if args.recheck:
         TS_SHAPES.clear()
         long_rows([512, 1024], [128], [False])

@@ -2,7 +2,8 @@
 
 Used to choose ``triton_kernels.CONFIGS`` and ``WINDOW_TILES``; see ``benchmarks/NOTES.md``.
 ``python benchmarks/sweep.py`` (long-sequence tiles, both dQ modes); ``--windows`` (small-window forward: packed
-tiles against the one-window-per-program kernel), ``--gate`` (fused-gate overhead), ``--d64`` (D = 64 tiles only).
+tiles against the one-window-per-program kernel), ``--gate`` (fused-gate overhead), ``--d64`` (D = 64 tiles only),
+``--d128`` (D = 128 tiles the v3 sweep left out, at N = 16384, 4096, 1024 and causal 1024).
 """
 
 from __future__ import annotations
@@ -30,6 +31,24 @@ SWEEP = {
     ("dkdv", "d64"): [cfg(64, 128, 8, 2), cfg(64, 128, 4, 3), cfg(128, 128, 8, 2)],
     ("dq", "d128"): [cfg(128, 64, 8, 2), cfg(128, 64, 8, 3), cfg(64, 64, 4, 2), cfg(128, 128, 8, 2)],
 }
+# v7 (NOTES.md): the production tile first, then what v3 did not try: deeper pipelines, 32-row query steps in
+# dK/dV (half the [keys, queries] temporaries per step, so room for another stage), and 64-row forward tiles
+# (finer causal granularity and twice the programs at short N)
+SWEEP_D128 = {
+    ("fwd", "d128"): [cfg(128, 64, 8, 3), cfg(128, 64, 8, 4), cfg(64, 64, 4, 3), cfg(64, 64, 4, 4),
+                      cfg(128, 32, 4, 3), cfg(64, 128, 8, 3)],
+    ("dkdv", "d128"): [cfg(64, 128, 8, 3), cfg(64, 128, 8, 4), cfg(32, 128, 8, 3), cfg(32, 128, 8, 4),
+                       cfg(32, 128, 8, 5), cfg(32, 128, 4, 3), cfg(64, 64, 4, 3), cfg(32, 64, 4, 4)],
+}
+
+
+def use(sweep: dict) -> None:
+    """Put a sweep's lists into ``CONFIGS``; a D = 128 forward list also replaces the short and causal classes."""
+    tk.CONFIGS.update(sweep)
+    if ("fwd", "d128") in sweep:
+        for refined in ("d128-short", "d128-causal"):
+            tk.CONFIGS[("fwd", refined)] = sweep[("fwd", "d128")]
+    tk._tuned.cache_clear()
 
 
 def timings(pass_name: str, size: str) -> str:
@@ -42,24 +61,25 @@ def timings(pass_name: str, size: str) -> str:
     return f"{pass_name}/{size} best {tuner.best_config} | " + " ".join(parts)
 
 
-def run(N: int, D: int, mode: str) -> None:
+def run(N: int, D: int, mode: str, causal: bool = False) -> None:
     B, H = TOKENS // N, HIDDEN // D
     q, k, v = rand(B, N, H, D), rand(B, N, H, D), rand(B, N, H, D)
     bias = -math.log(N)
-    flops = 4 * B * H * N * N * D
+    flops = 4 * B * H * N * N * D / (2 if causal else 1)
     tk.BWD_DQ_MODE = mode
-    out = attention(q, k, v, sigmoid_bias=bias)
+    out = attention(q, k, v, sigmoid_bias=bias, causal=causal)
     dout = torch.randn_like(out)
     out.backward(dout, retain_graph=True)  # the timed calls below reuse the graph
-    f = triton.testing.do_bench(lambda: attention(q, k, v, sigmoid_bias=bias), warmup=25, rep=100)
+    f = triton.testing.do_bench(lambda: attention(q, k, v, sigmoid_bias=bias, causal=causal), warmup=25, rep=100)
     b = triton.testing.do_bench(lambda: out.backward(dout, retain_graph=True), warmup=25, rep=100,
                                 grad_to_none=[q, k, v])
-    size = "d64" if D <= 64 else "d128"
-    print(f"D={D} N={N} dq={mode}: fwd {flops / f / 1e9:.0f} bwd {2.5 * flops / b / 1e9:.0f} TFLOPS", flush=True)
+    size = tk._size_class("fwd", D, N, False, causal)
+    print(f"D={D} N={N} causal={causal} dq={mode}: fwd {flops / f / 1e9:.0f} bwd {2.5 * flops / b / 1e9:.0f} TFLOPS "
+          f"({f:.3f} / {b:.3f} ms)", flush=True)
     print("  " + timings("fwd", size))
-    print("  " + timings("dkdv", size))
+    print("  " + timings("dkdv", "d64" if D <= 64 else "d128"))
     if mode == "separate":
-        print("  " + timings("dq", size))
+        print("  " + timings("dq", "d64" if D <= 64 else "d128"))
 
 
 # Small-window alternatives, forward: ``None`` = the general kernel (one window per program), ``(BLOCK, warps)`` =
@@ -105,18 +125,24 @@ def main() -> None:
     parser.add_argument("--windows", action="store_true", help="small-window forward alternatives")
     parser.add_argument("--gate", action="store_true", help="fused-gate overhead (the benchmark's gate rows)")
     parser.add_argument("--d64", action="store_true", help="D = 64 tiles at N = 16384 and 1024 only")
+    parser.add_argument("--d128", action="store_true", help="v7: more D = 128 tiles, N = 16384 / 4096 / 1024, causal")
     args = parser.parse_args()
+    if args.d128:
+        use(SWEEP_D128)
+        for N, causal in ((16384, False), (4096, False), (1024, False), (1024, True), (4096, True)):
+            run(N, 128, "atomic", causal)
+        return
     if args.windows:
         windows(ceilings()["copy_GBps"])
     if args.gate:
         gate_rows()
     if args.d64:
-        tk.CONFIGS.update(SWEEP)
+        use(SWEEP)
         for N in (16384, 1024):
             run(N, 64, "atomic")
     if args.windows or args.gate or args.d64:
         return
-    tk.CONFIGS.update(SWEEP)
+    use(SWEEP)
     for N, D in ((16384, 128), (1024, 128), (16384, 64), (1024, 64)):
         run(N, D, "atomic")
     tk.CONFIGS[("dkdv", "d128")] = SWEEP[("dkdv", "d128")]

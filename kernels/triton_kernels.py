@@ -733,6 +733,10 @@ CONFIGS = {
     ("fwd", "d64"): [_cfg(128, 64, 4, 3)],
     # sweep of 2026-11-22 (benchmarks/NOTES.md, v3): 128x64 beat 128x128 by 8% at N = 1024 and 16384
     ("fwd", "d128"): [_cfg(128, 64, 8, 3)],
+    # v7 sweep (NOTES.md): sequences of at most 1024 tokens, 128x32 x 4 warps 0.289 vs 0.305 ms at N = 1024;
+    # causal up to 4096 tokens, 64x64 x 4 warps (finer steps along the diagonal) 0.200 vs 0.221 ms at N = 1024
+    ("fwd", "d128-short"): [_cfg(128, 32, 4, 3)],
+    ("fwd", "d128-causal"): [_cfg(64, 64, 4, 3)],
     ("fwd", "d256"): [_cfg(64, 64, 4, 2)],
     ("dkdv", "s16"): [_cfg(16, 16, 2, 1)],
     ("dkdv", "s64"): [_cfg(64, 64, 4, 1)],
@@ -764,6 +768,21 @@ def _tuned(pass_name: str, size: str):
     return triton.autotune(CONFIGS[(pass_name, size)], key=keys, reset_to_zero=reset)(kernel)
 
 
+def _size_class(pass_name: str, block_d: int, max_len: int, fp32: bool, causal: bool) -> str:
+    """The ``CONFIGS`` class of a launch: head dim after padding, then length (and causality) refinements."""
+    size = "d64" if block_d <= 64 else "d128" if block_d <= 128 else "d256"
+    if max_len <= 64 and block_d <= 64:
+        size = "s16" if max_len <= 16 else "s64"
+    if fp32 and (pass_name, size + "-f32") in CONFIGS:
+        return size + "-f32"
+    if pass_name == "fwd" and size == "d128":
+        if causal and max_len <= 4096:
+            return "d128-causal"
+        if not causal and max_len <= 1024:
+            return "d128-short"
+    return size
+
+
 def _launch(pass_name: str, grid_rows: int, groups: int, block_d: int, max_len: int, fp32: bool, **kwargs) -> None:
     """Launch one kernel over ``groups`` (sequence, head) pairs of ``grid_rows`` rows each."""
     if INTERPRET:
@@ -771,11 +790,7 @@ def _launch(pass_name: str, grid_rows: int, groups: int, block_d: int, max_len: 
         tile = bn if pass_name == "dkdv" else bm
         _KERNELS[pass_name][(triton.cdiv(grid_rows, tile) * groups,)](BLOCK_M=bm, BLOCK_N=bn, **kwargs)
         return
-    size = "d64" if block_d <= 64 else "d128" if block_d <= 128 else "d256"
-    if max_len <= 64 and block_d <= 64:
-        size = "s16" if max_len <= 16 else "s64"
-    if fp32 and (pass_name, size + "-f32") in CONFIGS:
-        size += "-f32"
+    size = _size_class(pass_name, block_d, max_len, fp32, bool(kwargs.get("CAUSAL")))
     axis = "BLOCK_N" if pass_name == "dkdv" else "BLOCK_M"
     configs = CONFIGS[(pass_name, size)]
     if not AUTOTUNE or len(configs) == 1:
