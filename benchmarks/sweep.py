@@ -2,7 +2,8 @@
 
 Used to choose ``triton_kernels.CONFIGS`` and ``WINDOW_TILES``; see ``benchmarks/NOTES.md``.
 ``python benchmarks/sweep.py`` (long-sequence tiles, both dQ modes); ``--windows`` (small-window forward: packed
-tiles against the one-window-per-program kernel), ``--gate`` (fused-gate overhead), ``--d64`` (D = 64 tiles only),
+tiles against the one-window-per-program kernel), ``--gate`` (fused-gate overhead; ``--regs`` adds each compiled
+kernel's registers, spills and shared memory), ``--d64`` (D = 64 tiles only),
 ``--d128`` (D = 128 tiles the v3 sweep left out, at N = 16384, 4096, 1024 and causal 1024).
 """
 
@@ -120,11 +121,28 @@ def windows(copy_gbps: float, n_windows: int = 262144, H: int = 4, D: int = 32) 
         torch.cuda.empty_cache()
 
 
+def registers() -> None:
+    """Registers, spills and shared memory of every attention kernel compiled in this process (after ``--gate``:
+    the gate variants side by side), with the constexprs that tell the variants apart."""
+    for fn in (tk._attn_fwd, tk._attn_bwd_dkdv):
+        for caches in fn.device_caches.values():
+            for ck in caches[0].values():
+                ck._init_handles()
+                consts = {fn.arg_names[k[0] if isinstance(k, tuple) else k]: v
+                          for k, v in getattr(ck.src, "constants", {}).items()
+                          if (k[0] if isinstance(k, tuple) else k) < len(fn.arg_names)}
+                shown = {n: consts.get(n) for n in ("GATE", "CAUSAL", "ACT", "BLOCK_M", "BLOCK_N", "EVEN")}
+                print(f"{fn.__name__}: regs {getattr(ck, 'n_regs', '?')} spills {getattr(ck, 'n_spills', '?')} "
+                      f"shared {ck.metadata.shared} warps {ck.metadata.num_warps} stages {ck.metadata.num_stages} "
+                      f"{shown}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--windows", action="store_true", help="small-window forward alternatives")
     parser.add_argument("--gate", action="store_true", help="fused-gate overhead (the benchmark's gate rows)")
     parser.add_argument("--d64", action="store_true", help="D = 64 tiles at N = 16384 and 1024 only")
+    parser.add_argument("--regs", action="store_true", help="with --gate: registers / spills of each compiled kernel")
     parser.add_argument("--d128", action="store_true", help="v7: more D = 128 tiles, N = 16384 / 4096 / 1024, causal")
     args = parser.parse_args()
     if args.d128:
@@ -136,6 +154,8 @@ def main() -> None:
         windows(ceilings()["copy_GBps"])
     if args.gate:
         gate_rows()
+        if args.regs:
+            registers()
     if args.d64:
         use(SWEEP)
         for N in (16384, 1024):
