@@ -380,6 +380,15 @@ def host_profile(calls: int = 300) -> None:
     dout = torch.randn_like(out)
     out.backward(dout)
     torch.cuda.synchronize()
+    for label, backward in (("forward", False), ("forward + backward", True)):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            o = attention(q, k, v, sigmoid_bias=-math.log(N), causal=True)
+            if backward:
+                o.backward(dout)
+        host_us = (time.perf_counter() - t0) / calls * 1e6
+        torch.cuda.synchronize()
+        print(f"host {label}: {host_us:.0f} us per call ({calls} calls issued without a sync)", flush=True)
     prof = cProfile.Profile()
     prof.enable()
     for _ in range(calls):

@@ -827,6 +827,19 @@ def _empty(shape, dtype, device) -> torch.Tensor:
     return out
 
 
+_DUMMIES: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+
+
+def _dummy(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A one-element tensor standing in for an absent optional input (the kernels never read or write it: its
+    switch is off). Cached per device and dtype: a fresh allocation per argument cost several µs of host time on
+    every call (benchmarks/NOTES.md, v7)."""
+    t = _DUMMIES.get((device, dtype))
+    if t is None:
+        t = _DUMMIES[(device, dtype)] = torch.zeros(1, dtype=dtype, device=device)
+    return t
+
+
 class Problem:
     """Shapes, constexpr switches and pointers shared by the forward and backward launchers."""
 
@@ -862,13 +875,13 @@ class Problem:
         self.dot_prec = "ieee" if q.dtype == torch.float32 else "tf32"
         self.fast = FAST_SIGMOID and not INTERPRET and q.dtype != torch.float32
         self.tune_key = min(triton.next_power_of_2(self.max_len), 16384)
-        dummy = q.new_empty(1, dtype=torch.int32)
+        dummy = _dummy(q.device, torch.int32)
         self.seq_lens = seq_lens.to(torch.int32).contiguous() if seq_lens is not None else dummy
         self.cu = cu_seqlens.to(torch.int32).contiguous() if cu_seqlens is not None else dummy
         self.pos = positions.to(torch.int32).contiguous() if positions is not None else dummy
-        self.bias_t = bias_t.contiguous() if bias_t is not None else q.new_empty(1)
-        self.slopes = slopes.contiguous() if slopes is not None else q.new_empty(1)
-        self.decay = decay.contiguous() if decay is not None else q.new_empty(1)
+        self.bias_t = bias_t.contiguous() if bias_t is not None else _dummy(q.device, q.dtype)
+        self.slopes = slopes.contiguous() if slopes is not None else _dummy(q.device, q.dtype)
+        self.decay = decay.contiguous() if decay is not None else _dummy(q.device, q.dtype)
 
     def common(self) -> dict:
         return dict(
@@ -950,9 +963,11 @@ def attention_backward(do, q, k, v, out, lse, gate, bias_t, slopes, decay, posit
         )
         do = do_pre
 
-    dparam = torch.zeros((3, pb.H), dtype=torch.float32, device=dev)
     need_dist = need_dslopes or (need_ddecay and pb.decay_mode == 1)
     need_mult = need_ddecay and pb.decay_mode == 2
+    # the [3, H] sums of the per-head parameter gradients; untouched (a dummy) when none is asked for
+    dparam = (torch.zeros((3, pb.H), dtype=torch.float32, device=dev) if need_dbias or need_dist or need_mult
+              else _dummy(dev, torch.float32))
     tile = _window_tile(pb)
     # the backward keeps dK, dV and three score-sized tiles in registers: past D = 64 they would spill
     if tile is not None and pb.block_d <= 64:
