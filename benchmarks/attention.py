@@ -136,6 +136,16 @@ def long_rows(Ns, Ds, causal_list) -> list[dict]:
     return rows
 
 
+def padded_lengths(N: int, D: int, pad: float, gen: torch.Generator):
+    """Sequence lengths of the padding rows (uniform in [N (1 - pad), N], all N without padding) for the benchmark's
+    B = 16384 / N sequences: ``(lens, effective FLOPs 4·H·D·Σ Lᵢ², seq_lens int32 CUDA, cu_seqlens int32 CUDA)``."""
+    B, H = TOKENS // N, HIDDEN // D
+    lens = torch.randint(int(N * (1 - pad)), N + 1, (B,), generator=gen) if pad > 0 else torch.full((B,), N)
+    flops = 4 * H * D * float((lens.double() ** 2).sum())
+    cu = F.pad(lens.cumsum(0), (1, 0)).to(torch.int32).cuda()
+    return lens, flops, lens.to(torch.int32).cuda(), cu
+
+
 def padding_rows(Ns, Ds, pads) -> list[dict]:
     rows = []
     gen = torch.Generator().manual_seed(0)
@@ -143,11 +153,7 @@ def padding_rows(Ns, Ds, pads) -> list[dict]:
         for N in Ns:
             B, H = TOKENS // N, HIDDEN // D
             for pad in pads:
-                lo = int(N * (1 - pad))
-                lens = torch.randint(lo, N + 1, (B,), generator=gen) if pad > 0 else torch.full((B,), N)
-                flops = 4 * H * D * float((lens.double() ** 2).sum())
-                seq_lens = lens.to(torch.int32).cuda()
-                cu = F.pad(lens.cumsum(0), (1, 0)).to(torch.int32).cuda()
+                lens, flops, seq_lens, cu = padded_lengths(N, D, pad, gen)
                 q, k, v = rand(B, N, H, D), rand(B, N, H, D), rand(B, N, H, D)
                 total = int(lens.sum())
                 qp, kp, vp = rand(total, H, D), rand(total, H, D), rand(total, H, D)
@@ -352,14 +358,10 @@ def launch_rows() -> None:
     B, H = TOKENS // N, HIDDEN // D
     gen = torch.Generator().manual_seed(0)
     for pad in (0.0, 0.25):
-        lens = torch.randint(int(N * (1 - pad)), N + 1, (B,), generator=gen) if pad else torch.full((B,), N)
-        flops = 4 * H * D * float((lens.double() ** 2).sum())
+        lens, flops, seq_lens, cu = padded_lengths(N, D, pad, gen)
         q, k, v = (rand(B, N, H, D, grad=False) for _ in range(3))
-        total = int(lens.sum())
-        qp, kp, vp = (rand(total, H, D, grad=False) for _ in range(3))
-        cu = F.pad(lens.cumsum(0), (1, 0)).to(torch.int32).cuda()
-        cases = {"seq_lens": functools.partial(attention, q, k, v, sigmoid_bias=-math.log(N),
-                                               seq_lens=lens.to(torch.int32).cuda()),
+        qp, kp, vp = (rand(int(lens.sum()), H, D, grad=False) for _ in range(3))
+        cases = {"seq_lens": functools.partial(attention, q, k, v, sigmoid_bias=-math.log(N), seq_lens=seq_lens),
                  "cu_seqlens+max": functools.partial(attention, qp, kp, vp, sigmoid_bias=-math.log(N), cu_seqlens=cu,
                                                      max_seqlen=int(lens.max()))}
         for name, fn in cases.items():
@@ -375,15 +377,15 @@ def host_profile(calls: int = 300) -> None:
     import pstats
 
     B, H, N, D = TOKENS // 1024, HIDDEN // 128, 1024, 128
-    q, k, v = rand(B, N, H, D), rand(B, N, H, D), rand(B, N, H, D)
-    out = attention(q, k, v, sigmoid_bias=-math.log(N), causal=True)
-    dout = torch.randn_like(out)
-    out.backward(dout)
+    fn = functools.partial(attention, rand(B, N, H, D), rand(B, N, H, D), rand(B, N, H, D),
+                           sigmoid_bias=-math.log(N), causal=True)
+    dout = torch.randn_like(fn())
+    fn().backward(dout)
     torch.cuda.synchronize()
     for label, backward in (("forward", False), ("forward + backward", True)):
         t0 = time.perf_counter()
         for _ in range(calls):
-            o = attention(q, k, v, sigmoid_bias=-math.log(N), causal=True)
+            o = fn()
             if backward:
                 o.backward(dout)
         host_us = (time.perf_counter() - t0) / calls * 1e6
@@ -392,7 +394,7 @@ def host_profile(calls: int = 300) -> None:
     prof = cProfile.Profile()
     prof.enable()
     for _ in range(calls):
-        attention(q, k, v, sigmoid_bias=-math.log(N), causal=True).backward(dout)
+        fn().backward(dout)
     prof.disable()
     torch.cuda.synchronize()
     pstats.Stats(prof).sort_stats("tottime").print_stats(25)

@@ -74,13 +74,11 @@ def run(N: int, D: int, mode: str, causal: bool = False) -> None:
     f = triton.testing.do_bench(lambda: attention(q, k, v, sigmoid_bias=bias, causal=causal), warmup=25, rep=100)
     b = triton.testing.do_bench(lambda: out.backward(dout, retain_graph=True), warmup=25, rep=100,
                                 grad_to_none=[q, k, v])
-    size = tk._size_class("fwd", D, N, False, causal)
     print(f"D={D} N={N} causal={causal} dq={mode}: fwd {flops / f / 1e9:.0f} bwd {2.5 * flops / b / 1e9:.0f} TFLOPS "
           f"({f:.3f} / {b:.3f} ms)", flush=True)
-    print("  " + timings("fwd", size))
-    print("  " + timings("dkdv", "d64" if D <= 64 else "d128"))
-    if mode == "separate":
-        print("  " + timings("dq", "d64" if D <= 64 else "d128"))
+    # the classes the launcher itself picks for this shape
+    for pass_name in ("fwd", "dkdv", "dq") if mode == "separate" else ("fwd", "dkdv"):
+        print("  " + timings(pass_name, tk._size_class(pass_name, D, N, False, causal)))
 
 
 # Small-window alternatives, forward: ``None`` = the general kernel (one window per program), ``(BLOCK, warps)`` =
