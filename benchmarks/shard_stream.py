@@ -45,26 +45,20 @@ def evict(paths: list[str]) -> None:
             os.close(fd)
 
 
+def _diskstats() -> list[list[str]]:
+    """The rows of /proc/diskstats: major, minor, name, then the counters (the 6th field is sectors read)."""
+    return [line.split() for line in Path("/proc/diskstats").read_text().splitlines()]
+
+
 def _device_of(path: str) -> str | None:
-    """The /proc/diskstats name of the block device holding ``path`` (a partition's parent disk counts too)."""
+    """The /proc/diskstats name of the block device holding ``path``, or None (an overlay or tmpfs has none)."""
     dev = os.stat(path).st_dev
-    name = f"{os.major(dev)}:{os.minor(dev)}"
-    for line in Path("/proc/diskstats").read_text().splitlines():
-        f = line.split()
-        if f"{f[0]}:{f[1]}" == name:
-            return f[2]
-    return None
+    return next((f[2] for f in _diskstats() if (int(f[0]), int(f[1])) == (os.major(dev), os.minor(dev))), None)
 
 
 def sectors_read(device: str | None) -> int | None:
     """Sectors (512 B) read from ``device`` since boot, or None where /proc/diskstats does not list it."""
-    if device is None:
-        return None
-    for line in Path("/proc/diskstats").read_text().splitlines():
-        f = line.split()
-        if f[2] == device:
-            return int(f[5])
-    return None
+    return None if device is None else next((int(f[5]) for f in _diskstats() if f[2] == device), None)
 
 
 def one_pass(shards: str, workers: int, batch_size: int, max_genes: int, max_cells: int | None) -> dict:
