@@ -182,7 +182,39 @@ def padding_rows(Ns, Ds, pads) -> list[dict]:
     return rows
 
 
-def gate_rows(N=4096, D=128) -> list[dict]:
+def paired_ms(fns: dict, iters: int = 100, prepare: dict | None = None) -> torch.Tensor:
+    """Milliseconds of single calls, ``[len(fns), iters]``: every iteration calls each function once, in dict order on
+    even iterations and reversed on odd ones (ABBA), each call timed alone with CUDA events after an L2 flush (as
+    ``do_bench`` flushes). Calls compared are then milliseconds apart, so the clock and temperature drift of a long
+    run (several % on a busy H100) cancels in their ratio; ``prepare[name]()`` runs untimed before each call."""
+    flush = torch.empty(256 * 2**20, dtype=torch.int8, device="cuda")
+    names = list(fns)
+    for name in names:  # warm-up: compiles, and autotunes where a pass has several configs
+        for _ in range(3):
+            (prepare or {}).get(name, lambda: None)()
+            fns[name]()
+    ev = [[(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(iters)]
+          for _ in names]
+    for it in range(iters):
+        for i in (range(len(names)) if it % 2 == 0 else reversed(range(len(names)))):
+            (prepare or {}).get(names[i], lambda: None)()
+            flush.zero_()
+            ev[i][it][0].record()
+            fns[names[i]]()
+            ev[i][it][1].record()
+    torch.cuda.synchronize()
+    return torch.tensor([[s.elapsed_time(e) for s, e in row] for row in ev], dtype=torch.float64)
+
+
+def _quartiles(x: torch.Tensor) -> tuple[float, float, float]:
+    return tuple(torch.quantile(x, torch.tensor([0.5, 0.25, 0.75], dtype=x.dtype)).tolist())
+
+
+def gate_rows(N=4096, D=128, iters=100, extra=None) -> list[dict]:
+    """The fused output gate against the ungated kernel and against gate-as-separate-ops, timed by
+    :func:`paired_ms` (forwards, then backwards of one retained graph per variant). A variant's overhead is the
+    median over iterations of its time over the ungated time of the same iteration, with the quartiles. ``extra``:
+    ``{name: fn(q, k, v, gh=headwise gate, ge=elementwise gate)}``, more variants (``benchmarks/sweep.py``)."""
     B, H = TOKENS // N, HIDDEN // D
     q, k, v = rand(B, N, H, D), rand(B, N, H, D), rand(B, N, H, D)
     gh, ge = rand(B, N, H), rand(B, N, H, D)
@@ -196,13 +228,31 @@ def gate_rows(N=4096, D=128) -> list[dict]:
         "separate-elementwise": (lambda q, k, v, g: attention(q, k, v, sigmoid_bias=bias) * torch.sigmoid(g),
                                  (q, k, v, ge)),
     }
+    cases.update({name: (functools.partial(fn, gh=gh, ge=ge), (q, k, v)) for name, fn in (extra or {}).items()})
+    names = list(cases)
+    fwd = paired_ms({name: functools.partial(fn, *inputs) for name, (fn, inputs) in cases.items()}, iters)
+    outs = {name: fn(*inputs) for name, (fn, inputs) in cases.items()}
+    douts = {name: torch.randn_like(out) for name, out in outs.items()}
+
+    def clear(inputs):
+        for x in inputs:
+            x.grad = None
+
+    bwd = paired_ms({name: functools.partial(outs[name].backward, douts[name], retain_graph=True) for name in names},
+                    iters, prepare={name: functools.partial(clear, cases[name][1]) for name in names})
     rows = []
     flops = 4 * B * H * N * N * D
-    for name, (fn, inputs) in cases.items():
-        f, b = fwd_bwd_ms(fn, inputs)
-        rows.append(dict(group="gate", provider=name, D=D, N=N, causal=False, padding=0.0, fwd_ms=f, bwd_ms=b,
-                         fwd_tflops=flops / f / 1e9, bwd_tflops=2.5 * flops / b / 1e9))
-        print(f"gate {name:22s} fwd {f:.3f} ms  bwd {b:.3f} ms", flush=True)
+    for i, name in enumerate(names):
+        row = dict(group="gate", provider=name, D=D, N=N, causal=False, padding=0.0, iters=iters)
+        for pas, t in (("fwd", fwd), ("bwd", bwd)):
+            ms = t[i].median().item()
+            med, lo, hi = _quartiles(t[i] / t[0] - 1)
+            row.update({f"{pas}_ms": ms, f"{pas}_tflops": (1 if pas == "fwd" else 2.5) * flops / ms / 1e9,
+                        f"{pas}_overhead": med, f"{pas}_overhead_iqr": [lo, hi]})
+        rows.append(row)
+        print(f"gate {name:22s} " + "  ".join(
+            f"{p} {row[p + '_ms']:.3f} ms {row[p + '_overhead']:+.1%} [{row[p + '_overhead_iqr'][0]:+.1%}, "
+            f"{row[p + '_overhead_iqr'][1]:+.1%}]" for p in ("fwd", "bwd")) + f"  ({iters} paired calls)", flush=True)
     return rows
 
 
@@ -251,6 +301,11 @@ def window_rows(copy_gbps: float, windows=262144, H=4, D=32, Ns=(7, 14, 16, 49))
     return rows
 
 
+def _overhead(row: dict, p: str) -> str:
+    lo, hi = row[f"{p}_overhead_iqr"]
+    return f"{row[f'{p}_overhead']:+.1%} [{lo:+.1%}, {hi:+.1%}]"
+
+
 def write_outputs(result: dict) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "attention.json").write_text(json.dumps(result, indent=1))
@@ -285,9 +340,12 @@ def write_outputs(result: dict) -> None:
     if gate:
         base = next(r for r in gate if r["provider"] == "ungated")
         lines += ["", f"## Output gate (D={base['D']}, N={base['N']}), ms and overhead over ungated", "",
+                  f"{base['iters']} paired single calls per variant (`paired_ms`: ABBA order, each call timed alone "
+                  "after an L2 flush); ms are medians, an overhead is the median over iterations of the variant's "
+                  "time over the ungated time of the same iteration, [quartiles] beside it.", "",
                   "| variant | fwd ms | fwd overhead | bwd ms | bwd overhead |", "|---|---|---|---|---|"]
-        lines += [f"| {r['provider']} | {r['fwd_ms']:.3f} | {r['fwd_ms'] / base['fwd_ms'] - 1:+.1%} | "
-                  f"{r['bwd_ms']:.3f} | {r['bwd_ms'] / base['bwd_ms'] - 1:+.1%} |" for r in gate]
+        lines += [f"| {r['provider']} | {r['fwd_ms']:.3f} | {_overhead(r, 'fwd')} | {r['bwd_ms']:.3f} | "
+                  f"{_overhead(r, 'bwd')} |" for r in gate]
     win = [r for r in rows if r["group"] == "window"]
     if win:
         lines += ["", "## Small windows (forward, 262,144 windows x 4 heads, D = 32, 2-D decay bias)", "",
@@ -320,8 +378,9 @@ def write_outputs(result: dict) -> None:
     fig.savefig(OUT / "attention.png", dpi=110)
 
 
-def _three_ways(fn) -> tuple[float, float, float]:
-    """(eager median ms, CUDA-graph replay median ms, host µs per eager call over 200 calls issued without a sync)."""
+def _three_ways(fn) -> tuple[float, float, float, torch.cuda.CUDAGraph]:
+    """(eager median ms, CUDA-graph replay median ms, host µs per eager call over 200 calls issued without a sync,
+    the graph)."""
     eager = bench(fn)
     fn()
     torch.cuda.synchronize()
@@ -333,22 +392,23 @@ def _three_ways(fn) -> tuple[float, float, float]:
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         fn()
-    return eager, bench(graph.replay), host_us
+    return eager, bench(graph.replay), host_us, graph
 
 
-def launch_rows() -> None:
+def launch_rows(iters: int = 200) -> None:
     """The short-N rows whose full-run figures move with the host, three ways (forward, prints only): the
     benchmark's eager median, the same forward replayed from a CUDA graph (device time without Python), and the
     host's time per eager call. Causal against non-causal (causal first, as in the full run, where the causal
     kernels are compiled fresh), then 25 % padding against dense at N = 1024 (``seq_lens`` and
-    ``cu_seqlens`` + ``max_seqlen``, effective TFLOPS as in the padding rows)."""
+    ``cu_seqlens`` + ``max_seqlen``, effective TFLOPS as in the padding rows), and their ratio from ``iters``
+    paired graph replays (:func:`paired_ms`)."""
     for D in (128, 64):
         for N in (1024, 4096):
             B, H = TOKENS // N, HIDDEN // D
             q, k, v = (rand(B, N, H, D, grad=False) for _ in range(3))
             bias = -math.log(N)
             for causal in (True, False, True, False):
-                eager, graphed, host_us = _three_ways(
+                eager, graphed, host_us, _ = _three_ways(
                     functools.partial(attention, q, k, v, sigmoid_bias=bias, causal=causal))
                 print(f"launch D={D:3d} N={N:5d} causal={causal!s:5s} eager {eager:.3f} ms  graphed {graphed:.3f} ms  "
                       f"host {host_us:.0f} us/call", flush=True)
@@ -357,17 +417,29 @@ def launch_rows() -> None:
     N, D = 1024, 128
     B, H = TOKENS // N, HIDDEN // D
     gen = torch.Generator().manual_seed(0)
+    graphs, flops, inputs = {}, {}, []  # a graph does not hold its inputs alive: ``inputs`` does
     for pad in (0.0, 0.25):
-        lens, flops, seq_lens, cu = padded_lengths(N, D, pad, gen)
+        lens, flops[pad], seq_lens, cu = padded_lengths(N, D, pad, gen)
         q, k, v = (rand(B, N, H, D, grad=False) for _ in range(3))
         qp, kp, vp = (rand(int(lens.sum()), H, D, grad=False) for _ in range(3))
         cases = {"seq_lens": functools.partial(attention, q, k, v, sigmoid_bias=-math.log(N), seq_lens=seq_lens),
                  "cu_seqlens+max": functools.partial(attention, qp, kp, vp, sigmoid_bias=-math.log(N), cu_seqlens=cu,
                                                      max_seqlen=int(lens.max()))}
+        inputs.append(cases)
         for name, fn in cases.items():
-            eager, graphed, host_us = _three_ways(fn)
-            print(f"launch D={D} N={N} pad={pad:.2f} {name:14s} eager {flops / eager / 1e9:6.1f} graphed "
-                  f"{flops / graphed / 1e9:6.1f} effective TFLOPS  host {host_us:.0f} us/call", flush=True)
+            eager, graphed, host_us, graphs[name, pad] = _three_ways(fn)
+            print(f"launch D={D} N={N} pad={pad:.2f} {name:14s} eager {flops[pad] / eager / 1e9:6.1f} graphed "
+                  f"{flops[pad] / graphed / 1e9:6.1f} effective TFLOPS  host {host_us:.0f} us/call", flush=True)
+    # the padded / dense ratio once more from graph replays timed in pairs (paired_ms), so that drift between two
+    # separate measurements cannot decide a ratio this close to its 0.9 target
+    keys = list(graphs)
+    t = paired_ms({key: graphs[key].replay for key in keys}, iters)
+    for name in ("seq_lens", "cu_seqlens+max"):
+        dense, padded = t[keys.index((name, 0.0))], t[keys.index((name, 0.25))]
+        med, lo, hi = _quartiles(flops[0.25] / padded / (flops[0.0] / dense))
+        print(f"launch D={D} N={N} {name:14s} graphed, {iters} paired calls: 25 % padding / dense effective TFLOPS "
+              f"median {med:.3f} [quartiles {lo:.3f}, {hi:.3f}]; dense {flops[0.0] / dense.median().item() / 1e9:.1f}, "
+              f"padded {flops[0.25] / padded.median().item() / 1e9:.1f}", flush=True)
 
 
 def host_profile(calls: int = 300) -> None:

@@ -2,16 +2,19 @@
 
 Used to choose ``triton_kernels.CONFIGS`` and ``WINDOW_TILES``; see ``benchmarks/NOTES.md``.
 ``python benchmarks/sweep.py`` (long-sequence tiles, both dQ modes); ``--windows`` (small-window forward: packed
-tiles against the one-window-per-program kernel), ``--gate`` (fused-gate overhead; ``--regs`` adds each compiled
-kernel's registers, spills and shared memory), ``--d64`` (D = 64 tiles only),
+tiles against the one-window-per-program kernel), ``--gate`` (fused-gate overhead from paired calls; ``--variants``
+adds the experimental epilogues, ``--regs`` each compiled kernel's registers, spills and shared memory, ``--ir`` its
+TTGIR layout conversions), ``--d64`` (D = 64 tiles only),
 ``--d128`` (D = 128 tiles the v3 sweep left out, at N = 16384, 4096, 1024 and causal 1024).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import functools
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -19,7 +22,7 @@ import torch
 import triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from attention import HIDDEN, TOKENS, attention, bench, ceilings, gate_rows, rand, tk  # noqa: E402
+from attention import HIDDEN, TOKENS, attention, bench, ceilings, gate_rows, paired_ms, rand, tk  # noqa: E402
 
 cfg = tk._cfg
 SWEEP = {
@@ -41,6 +44,59 @@ SWEEP_D128 = {
     ("dkdv", "d128"): [cfg(64, 128, 8, 3), cfg(64, 128, 8, 4), cfg(32, 128, 8, 3), cfg(32, 128, 8, 4),
                        cfg(32, 128, 8, 5), cfg(32, 128, 4, 3), cfg(64, 64, 4, 3), cfg(32, 64, 4, 4)],
 }
+
+
+
+def _variant(gate_kind: int, variant: int, q, k, v, gh, ge):
+    """A gate epilogue variant (``triton_kernels.GATE_VARIANT``, v8 in NOTES.md): 3 = the v7 elementwise epilogue
+    (the gate tile converted to the accumulator's layout, the product in fp32), 4 = the headwise gate loaded after
+    the key loop, 5 = headwise with the product after rounding to the output type, 7 = both, 6 = elementwise with
+    the tanh.approx sigmoid."""
+    tk.GATE_VARIANT[gate_kind] = variant
+    try:
+        return attention(q, k, v, sigmoid_bias=-math.log(q.shape[1]), gate=gh if gate_kind == 1 else ge)
+    finally:
+        tk.GATE_VARIANT.clear()
+
+
+GATE_VARIANTS = {"fused-elementwise-v7": functools.partial(_variant, 2, 3),
+                 "fused-elementwise-fast": functools.partial(_variant, 2, 6),
+                 "fused-headwise-late": functools.partial(_variant, 1, 4),
+                 "fused-headwise-rounded": functools.partial(_variant, 1, 5),
+                 "fused-headwise-late-rounded": functools.partial(_variant, 1, 7)}
+
+
+def profile_gate(N: int = 4096, D: int = 128, calls: int = 30) -> None:
+    """Device time per kernel of the forward with and without the gate (``torch.profiler``, ``calls`` calls each):
+    tells the fused kernel's own time from anything else a gated call launches or waits for."""
+    from torch.profiler import ProfilerActivity, profile
+
+    B, H = TOKENS // N, HIDDEN // D
+    q, k, v = (rand(B, N, H, D, grad=False) for _ in range(3))
+    gates = {"ungated": None, "headwise": rand(B, N, H, grad=False), "elementwise": rand(B, N, H, D, grad=False)}
+    for name, g in gates.items():
+        fn = functools.partial(attention, q, k, v, sigmoid_bias=-math.log(N), gate=g)
+        for _ in range(3):
+            fn()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(calls):
+                fn()
+            torch.cuda.synchronize()
+        for e in prof.key_averages():
+            if e.device_type.name == "CUDA" or getattr(e, "device_time_total", 0) > 0:
+                total = getattr(e, "device_time_total", None) or e.cuda_time_total
+                print(f"profile {name:12s} {e.key[:60]:60s} calls {e.count:4d}  mean {total / e.count:9.1f} us",
+                      flush=True)
+    graphs = {}
+    for name, g in gates.items():
+        graphs[name] = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graphs[name]):
+            attention(q, k, v, sigmoid_bias=-math.log(N), gate=g)
+    t = paired_ms({name: graph.replay for name, graph in graphs.items()}, 100)
+    for i, name in enumerate(graphs):
+        print(f"graphed {name:12s} {t[i].median().item():.4f} ms, {(t[i] / t[0]).median().item() - 1:+.2%} over "
+              "ungated (100 paired replays)", flush=True)
 
 
 def use(sweep: dict) -> None:
@@ -119,9 +175,11 @@ def windows(copy_gbps: float, n_windows: int = 262144, H: int = 4, D: int = 32) 
         torch.cuda.empty_cache()
 
 
-def registers() -> None:
+def registers(ir: bool = False, dump: Path | None = None) -> None:
     """Registers, spills and shared memory of every attention kernel compiled in this process (after ``--gate``:
-    the gate variants side by side), with the constexprs that tell the variants apart."""
+    the gate variants side by side), with the constexprs that tell the variants apart. ``ir``: also each kernel's
+    layout conversions in its TTGIR (how many, and the tensor types they produce), which is where an epilogue
+    that broadcasts a gate across the accumulator would pay for a round trip through shared memory."""
     for fn in (tk._attn_fwd, tk._attn_bwd_dkdv):
         for caches in fn.device_caches.values():
             for ck in caches[0].values():
@@ -133,6 +191,17 @@ def registers() -> None:
                 print(f"{fn.__name__}: regs {getattr(ck, 'n_regs', '?')} spills {getattr(ck, 'n_spills', '?')} "
                       f"shared {ck.metadata.shared} warps {ck.metadata.num_warps} stages {ck.metadata.num_stages} "
                       f"{shown}", flush=True)
+                if dump is not None and fn is tk._attn_fwd:
+                    dump.mkdir(parents=True, exist_ok=True)
+                    stem = dump / f"fwd_gate{shown['GATE']}_m{shown['BLOCK_M']}n{shown['BLOCK_N']}"
+                    for kind in ("ttgir", "ptx"):
+                        stem.with_suffix("." + kind).write_text(ck.asm[kind])
+                    stem.with_suffix(".cubin").write_bytes(ck.asm["cubin"])
+                if ir:
+                    converts = re.findall(r"ttg\.convert_layout %\S+ : (tensor<[^>]*>) -> (tensor<[^>]*>)",
+                                          ck.asm.get("ttgir", ""))
+                    print(f"  {len(converts)} convert_layout: " + "; ".join(
+                        f"{n}x {a} -> {b}" for (a, b), n in collections.Counter(converts).items()), flush=True)
 
 
 def main() -> None:
@@ -141,6 +210,11 @@ def main() -> None:
     parser.add_argument("--gate", action="store_true", help="fused-gate overhead (the benchmark's gate rows)")
     parser.add_argument("--d64", action="store_true", help="D = 64 tiles at N = 16384 and 1024 only")
     parser.add_argument("--regs", action="store_true", help="with --gate: registers / spills of each compiled kernel")
+    parser.add_argument("--ir", action="store_true", help="with --regs: each kernel's TTGIR layout conversions")
+    parser.add_argument("--dump", type=Path, help="with --regs: write each forward kernel's TTGIR, PTX and cubin here")
+    parser.add_argument("--variants", action="store_true", help="with --gate: the experimental gate variants too")
+    parser.add_argument("--profile", action="store_true", help="with --gate: device time per kernel (torch.profiler)")
+    parser.add_argument("--iters", type=int, default=100, help="with --gate: paired calls per variant")
     parser.add_argument("--d128", action="store_true", help="v7: more D = 128 tiles, N = 16384 / 4096 / 1024, causal")
     args = parser.parse_args()
     if args.d128:
@@ -151,9 +225,11 @@ def main() -> None:
     if args.windows:
         windows(ceilings()["copy_GBps"])
     if args.gate:
-        gate_rows()
+        gate_rows(iters=args.iters, extra=GATE_VARIANTS if args.variants else None)
         if args.regs:
-            registers()
+            registers(args.ir, args.dump)
+        if args.profile:
+            profile_gate()
     if args.d64:
         use(SWEEP)
         for N in (16384, 1024):

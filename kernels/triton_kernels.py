@@ -35,6 +35,7 @@ BWD_DQ_MODE = os.environ.get("GATEDZOO_BWD_DQ", "atomic")
 FAST_SIGMOID = os.environ.get("GATEDZOO_FAST_SIGMOID", "1") == "1"
 # False: launch the first config of each list without autotuning (the GPU tests, where compile time dominates).
 AUTOTUNE = True
+GATE_VARIANT = {}  # experiment (benchmarks/sweep.py --gate --variants): gate kind -> epilogue variant
 
 
 @triton.jit
@@ -131,6 +132,16 @@ def _sigmoid_scores(qk, scale2, bias2, coef2, dist, LIN: tl.constexpr, FAST: tl.
                                       pack=1)
         return 0.5 * t + 0.5
     return 1.0 / (1.0 + tl.exp2(-(_scores2(qk, scale2, coef2, dist, LIN) + bias2)))
+
+
+@triton.jit
+def _gate_sigmoid(g, FAST: tl.constexpr):
+    """sigmoid(g) of gate logits (float32): ``FAST``, one tanh.approx as in :func:`_sigmoid_scores`."""
+    if FAST:
+        t = tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f", [g * 0.5], dtype=tl.float32, is_pure=True,
+                                      pack=1)
+        return 0.5 * t + 0.5
+    return tl.sigmoid(g)
 
 
 @triton.jit
@@ -241,7 +252,7 @@ def _attn_fwd(
     v_base = V + k0 * stride_vr + kv_head * stride_vh
     bias2, coef2, mcoef2 = _head_terms(h, len_k, BIAS, SLOPES, DECAY, bias_value2, ACT, BIAS_MODE, HAS_SLOPES,
                                        DECAY_MODE)
-    if GATE == 1:
+    if GATE == 1 or GATE == 5:
         # issued before the key loop, whose latency hides it: one value per row costs no registers to keep
         g = tl.load(G + q0 * stride_gr + h * stride_gh + offs_m * stride_gr, mask=row_ok, other=0.0)
 
@@ -283,7 +294,25 @@ def _attn_fwd(
         acc = tl.where(row_ok[:, None], acc, 0.0)
     if GATE == 1:
         acc = acc * tl.sigmoid(g.to(tl.float32))[:, None]
+    elif GATE == 4:
+        g = tl.load(G + q0 * stride_gr + h * stride_gh + offs_m * stride_gr, mask=row_ok, other=0.0)
+        acc = acc * tl.sigmoid(g.to(tl.float32))[:, None]
+    elif GATE == 5:
+        acc = acc.to(Out.dtype.element_ty).to(tl.float32) * tl.sigmoid(g.to(tl.float32))[:, None]
+    elif GATE == 7:
+        g = tl.load(G + q0 * stride_gr + h * stride_gh + offs_m * stride_gr, mask=row_ok, other=0.0)
+        acc = acc.to(Out.dtype.element_ty).to(tl.float32) * tl.sigmoid(g.to(tl.float32))[:, None]
+    elif GATE == 6:
+        g = tl.load(G + q0 * stride_gr + h * stride_gh + offs_m[:, None] * stride_gr + offs_d[None, :],
+                    mask=row_ok[:, None] & (offs_d < D)[None, :], other=0.0)
+        acc = acc.to(Out.dtype.element_ty).to(tl.float32) * _gate_sigmoid(g.to(tl.float32), FAST)
     elif GATE == 2:
+        g = tl.load(G + q0 * stride_gr + h * stride_gh + offs_m[:, None] * stride_gr + offs_d[None, :],
+                    mask=row_ok[:, None] & (offs_d < D)[None, :], other=0.0)
+        # rounded to the output type before the product (as the same-dtype reference rounds): the accumulator then
+        # takes the store's layout once, in 16 bits, and the gate tile stays in its load layout
+        acc = acc.to(Out.dtype.element_ty).to(tl.float32) * tl.sigmoid(g.to(tl.float32))
+    elif GATE == 3:
         g = tl.load(G + q0 * stride_gr + h * stride_gh + offs_m[:, None] * stride_gr + offs_d[None, :],
                     mask=row_ok[:, None] & (offs_d < D)[None, :], other=0.0)
         acc = acc * tl.sigmoid(g.to(tl.float32))
@@ -929,7 +958,7 @@ def attention_forward(q, k, v, gate, bias_t, slopes, decay, positions, seq_lens,
     _launch(
         "fwd", pb.LQ, pb.B * pb.H, pb.block_d, pb.max_len, q.dtype == torch.float32,
         Q=q, K=k, V=v, G=g, Out=out, LSE=lse, **_strides(q, k, v, out), stride_gr=gs[0], stride_gh=gs[1],
-        LQ=pb.LQ, scale2=pb.scale * LOG2E, GATE=pb.gate, **pb.common(),
+        LQ=pb.LQ, scale2=pb.scale * LOG2E, GATE=GATE_VARIANT.get(pb.gate, pb.gate), **pb.common(),
     )
     return out, lse
 
