@@ -9,6 +9,11 @@ Usage::
 
     python benchmarks/attention.py                 # full run, writes docs/benchmarks/attention.{json,md,png}
     python benchmarks/attention.py --quick         # a few shapes, prints only
+    python benchmarks/attention.py --launch-check  # short rows eager / graphed / host, N = 1024 padding (paired)
+    python benchmarks/attention.py --padding-check # the 25 % padding ratios from paired calls, N = 16384 and 1024
+
+Ratios that decide a target (gate overhead, padding) come from ``paired_ms``: single calls alternated in ABBA
+order, so the drift of a long run (several % on an H100) cancels; see ``benchmarks/NOTES.md`` (v8).
 """
 
 from __future__ import annotations
@@ -210,11 +215,10 @@ def _quartiles(x: torch.Tensor) -> tuple[float, float, float]:
     return tuple(torch.quantile(x, torch.tensor([0.5, 0.25, 0.75], dtype=x.dtype)).tolist())
 
 
-def gate_rows(N=4096, D=128, iters=100, extra=None) -> list[dict]:
+def gate_rows(N=4096, D=128, iters=100) -> list[dict]:
     """The fused output gate against the ungated kernel and against gate-as-separate-ops, timed by
     :func:`paired_ms` (forwards, then backwards of one retained graph per variant). A variant's overhead is the
-    median over iterations of its time over the ungated time of the same iteration, with the quartiles. ``extra``:
-    ``{name: fn(q, k, v, gh=headwise gate, ge=elementwise gate)}``, more variants (``benchmarks/sweep.py``)."""
+    median over iterations of its time over the ungated time of the same iteration, with the quartiles."""
     B, H = TOKENS // N, HIDDEN // D
     q, k, v = rand(B, N, H, D), rand(B, N, H, D), rand(B, N, H, D)
     gh, ge = rand(B, N, H), rand(B, N, H, D)
@@ -228,18 +232,13 @@ def gate_rows(N=4096, D=128, iters=100, extra=None) -> list[dict]:
         "separate-elementwise": (lambda q, k, v, g: attention(q, k, v, sigmoid_bias=bias) * torch.sigmoid(g),
                                  (q, k, v, ge)),
     }
-    cases.update({name: (functools.partial(fn, gh=gh, ge=ge), (q, k, v)) for name, fn in (extra or {}).items()})
     names = list(cases)
     fwd = paired_ms({name: functools.partial(fn, *inputs) for name, (fn, inputs) in cases.items()}, iters)
     outs = {name: fn(*inputs) for name, (fn, inputs) in cases.items()}
     douts = {name: torch.randn_like(out) for name, out in outs.items()}
 
-    def clear(inputs):
-        for x in inputs:
-            x.grad = None
-
     bwd = paired_ms({name: functools.partial(outs[name].backward, douts[name], retain_graph=True) for name in names},
-                    iters, prepare={name: functools.partial(clear, cases[name][1]) for name in names})
+                    iters, prepare={name: functools.partial(_clear_grads, cases[name][1]) for name in names})
     rows = []
     flops = 4 * B * H * N * N * D
     for i, name in enumerate(names):
@@ -442,6 +441,49 @@ def launch_rows(iters: int = 200) -> None:
               f"padded {flops[0.25] / padded.median().item() / 1e9:.1f}", flush=True)
 
 
+def padding_check(iters: int = 50) -> None:
+    """The 25 % padding target from paired calls (:func:`paired_ms`; prints only): for ``seq_lens`` and
+    ``cu_seqlens`` + ``max_seqlen`` at N = 16384 and 1024 (D = 128), padded and dense calls alternate, forward and
+    backward, and each ratio is the median over pairs of padded / dense effective TFLOPS. Eager calls, which at
+    N = 1024 include the host (``--launch-check`` has the graphed N = 1024 forward)."""
+    D = 128
+    for N in (16384, 1024):
+        B, H = TOKENS // N, HIDDEN // D
+        gen = torch.Generator().manual_seed(0)
+        fwd, bwd, flops, keep = {}, {}, {}, []
+        for pad in (0.0, 0.25):
+            lens, flops[pad], seq_lens, cu = padded_lengths(N, D, pad, gen)
+            q, k, v = rand(B, N, H, D), rand(B, N, H, D), rand(B, N, H, D)
+            qp, kp, vp = (rand(int(lens.sum()), H, D) for _ in range(3))
+            cases = {"seq_lens": (functools.partial(attention, q, k, v, sigmoid_bias=-math.log(N), seq_lens=seq_lens),
+                                  (q, k, v)),
+                     "cu_seqlens+max": (functools.partial(attention, qp, kp, vp, sigmoid_bias=-math.log(N),
+                                                          cu_seqlens=cu, max_seqlen=int(lens.max())), (qp, kp, vp))}
+            for name, (fn, inputs) in cases.items():
+                out = fn()
+                keep.append((inputs, out))
+                fwd[name, pad] = fn
+                bwd[name, pad] = functools.partial(out.backward, torch.randn_like(out), retain_graph=True)
+        clear = {key: functools.partial(_clear_grads, keep[i][0]) for i, key in enumerate(bwd)}
+        for pas, fns, prep in (("fwd", fwd, None), ("bwd", bwd, clear)):
+            keys = list(fns)
+            t = paired_ms(fns, iters, prepare=prep)
+            for name in ("seq_lens", "cu_seqlens+max"):
+                dense, padded = t[keys.index((name, 0.0))], t[keys.index((name, 0.25))]
+                med, lo, hi = _quartiles(flops[0.25] / padded / (flops[0.0] / dense))
+                mult = 1 if pas == "fwd" else 2.5
+                print(f"padding D={D} N={N:5d} {name:14s} {pas}: 25 % / dense effective TFLOPS {med:.3f} [quartiles "
+                      f"{lo:.3f}, {hi:.3f}]; dense {mult * flops[0.0] / dense.median().item() / 1e9:.1f}, padded "
+                      f"{mult * flops[0.25] / padded.median().item() / 1e9:.1f} ({iters} pairs)", flush=True)
+        del keep, fwd, bwd
+        torch.cuda.empty_cache()
+
+
+def _clear_grads(inputs) -> None:
+    for x in inputs:
+        x.grad = None
+
+
 def host_profile(calls: int = 300) -> None:
     """Where the host time of one eager call goes (cProfile over ``calls`` forward + backward calls, D = 128,
     N = 1024, causal): the calls are issued without syncs, so the GPU never holds Python up."""
@@ -478,6 +520,7 @@ def main() -> None:
     parser.add_argument("--recheck", action="store_true", help="short-sequence and window rows only, no files")
     parser.add_argument("--launch-check", action="store_true", help="causal vs non-causal: eager, graphed, host")
     parser.add_argument("--host-profile", action="store_true", help="cProfile of eager forward + backward calls")
+    parser.add_argument("--padding-check", action="store_true", help="padding / dense, paired calls")
     parser.add_argument("--dq-mode", default=tk.BWD_DQ_MODE, choices=["atomic", "separate"])
     args = parser.parse_args()
     tk.BWD_DQ_MODE = args.dq_mode
@@ -491,6 +534,9 @@ def main() -> None:
         sigmoid="tanh.approx for bf16" if tk.FAST_SIGMOID else "exp2 + IEEE division",
         configs={f"{p}/{s}": [str(c) for c in cs] for (p, s), cs in tk.CONFIGS.items()}, **ceil,
     )
+    if args.padding_check:
+        padding_check()
+        return
     if args.launch_check or args.host_profile:
         launch_rows() if args.launch_check else host_profile()
         return

@@ -2,9 +2,9 @@
 
 Used to choose ``triton_kernels.CONFIGS`` and ``WINDOW_TILES``; see ``benchmarks/NOTES.md``.
 ``python benchmarks/sweep.py`` (long-sequence tiles, both dQ modes); ``--windows`` (small-window forward: packed
-tiles against the one-window-per-program kernel), ``--gate`` (fused-gate overhead from paired calls; ``--variants``
-adds the experimental epilogues, ``--regs`` each compiled kernel's registers, spills and shared memory, ``--ir`` its
-TTGIR layout conversions), ``--d64`` (D = 64 tiles only),
+tiles against the one-window-per-program kernel), ``--gate`` (fused-gate overhead from paired calls; ``--regs``
+adds each compiled kernel's registers, spills and shared memory, ``--ir`` its TTGIR layout conversions, ``--dump``
+its TTGIR / PTX / cubin, ``--profile`` the device time per kernel and graphed replays), ``--d64`` (D = 64 tiles),
 ``--d128`` (D = 128 tiles the v3 sweep left out, at N = 16384, 4096, 1024 and causal 1024).
 """
 
@@ -45,25 +45,6 @@ SWEEP_D128 = {
                        cfg(32, 128, 8, 5), cfg(32, 128, 4, 3), cfg(64, 64, 4, 3), cfg(32, 64, 4, 4)],
 }
 
-
-
-def _variant(gate_kind: int, variant: int, q, k, v, gh, ge):
-    """A gate epilogue variant (``triton_kernels.GATE_VARIANT``, v8 in NOTES.md): 3 = the v7 elementwise epilogue
-    (the gate tile converted to the accumulator's layout, the product in fp32), 4 = the headwise gate loaded after
-    the key loop, 5 = headwise with the product after rounding to the output type, 7 = both, 6 = elementwise with
-    the tanh.approx sigmoid."""
-    tk.GATE_VARIANT[gate_kind] = variant
-    try:
-        return attention(q, k, v, sigmoid_bias=-math.log(q.shape[1]), gate=gh if gate_kind == 1 else ge)
-    finally:
-        tk.GATE_VARIANT.clear()
-
-
-GATE_VARIANTS = {"fused-elementwise-v7": functools.partial(_variant, 2, 3),
-                 "fused-elementwise-fast": functools.partial(_variant, 2, 6),
-                 "fused-headwise-late": functools.partial(_variant, 1, 4),
-                 "fused-headwise-rounded": functools.partial(_variant, 1, 5),
-                 "fused-headwise-late-rounded": functools.partial(_variant, 1, 7)}
 
 
 def profile_gate(N: int = 4096, D: int = 128, calls: int = 30) -> None:
@@ -212,7 +193,6 @@ def main() -> None:
     parser.add_argument("--regs", action="store_true", help="with --gate: registers / spills of each compiled kernel")
     parser.add_argument("--ir", action="store_true", help="with --regs: each kernel's TTGIR layout conversions")
     parser.add_argument("--dump", type=Path, help="with --regs: write each forward kernel's TTGIR, PTX and cubin here")
-    parser.add_argument("--variants", action="store_true", help="with --gate: the experimental gate variants too")
     parser.add_argument("--profile", action="store_true", help="with --gate: device time per kernel (torch.profiler)")
     parser.add_argument("--iters", type=int, default=100, help="with --gate: paired calls per variant")
     parser.add_argument("--d128", action="store_true", help="v7: more D = 128 tiles, N = 16384 / 4096 / 1024, causal")
@@ -225,7 +205,7 @@ def main() -> None:
     if args.windows:
         windows(ceilings()["copy_GBps"])
     if args.gate:
-        gate_rows(iters=args.iters, extra=GATE_VARIANTS if args.variants else None)
+        gate_rows(iters=args.iters)
         if args.regs:
             registers(args.ir, args.dump)
         if args.profile:

@@ -35,7 +35,6 @@ BWD_DQ_MODE = os.environ.get("GATEDZOO_BWD_DQ", "atomic")
 FAST_SIGMOID = os.environ.get("GATEDZOO_FAST_SIGMOID", "1") == "1"
 # False: launch the first config of each list without autotuning (the GPU tests, where compile time dominates).
 AUTOTUNE = True
-GATE_VARIANT = {}  # experiment (benchmarks/sweep.py --gate --variants): gate kind -> epilogue variant
 
 
 @triton.jit
@@ -136,11 +135,16 @@ def _sigmoid_scores(qk, scale2, bias2, coef2, dist, LIN: tl.constexpr, FAST: tl.
 
 @triton.jit
 def _gate_sigmoid(g, FAST: tl.constexpr):
-    """sigmoid(g) of gate logits (float32): ``FAST``, one tanh.approx as in :func:`_sigmoid_scores`."""
+    """sigmoid of float32 gate logits; ``FAST`` (16-bit outputs): one tanh.approx, as in :func:`_sigmoid_scores`.
+
+    The forward epilogues round the output tile to its type *before* multiplying by this, as the same-dtype
+    reference does: the accumulator then takes the store's layout once, in 16 bits, with the gate in its load
+    layout, where the float32 product had the gate tile converted to the accumulator's layout first (v8 in
+    ``benchmarks/NOTES.md``: gated forward +4.7-8.7 % over ungated before, within 0.5 % after).
+    """
     if FAST:
-        t = tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f", [g * 0.5], dtype=tl.float32, is_pure=True,
-                                      pack=1)
-        return 0.5 * t + 0.5
+        return 0.5 * tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f", [0.5 * g], dtype=tl.float32,
+                                               is_pure=True, pack=1) + 0.5
     return tl.sigmoid(g)
 
 
@@ -252,10 +256,6 @@ def _attn_fwd(
     v_base = V + k0 * stride_vr + kv_head * stride_vh
     bias2, coef2, mcoef2 = _head_terms(h, len_k, BIAS, SLOPES, DECAY, bias_value2, ACT, BIAS_MODE, HAS_SLOPES,
                                        DECAY_MODE)
-    if GATE == 1 or GATE == 5:
-        # issued before the key loop, whose latency hides it: one value per row costs no registers to keep
-        g = tl.load(G + q0 * stride_gr + h * stride_gh + offs_m * stride_gr, mask=row_ok, other=0.0)
-
     # key tiles [0, full_hi) need no mask; [full_hi, hi) hold the causal diagonal or the ragged end
     hi = len_k
     if CAUSAL:
@@ -292,30 +292,14 @@ def _attn_fwd(
         tl.store(LSE + h * LSE_ROWS + q0 + offs_m, lse, mask=offs_m < q_lim)
     if not EVEN:
         acc = tl.where(row_ok[:, None], acc, 0.0)
+    # the gate is read after the key loop (v8 in benchmarks/NOTES.md: +0.4 % over ungated, +1.4 % loaded before it)
     if GATE == 1:
-        acc = acc * tl.sigmoid(g.to(tl.float32))[:, None]
-    elif GATE == 4:
         g = tl.load(G + q0 * stride_gr + h * stride_gh + offs_m * stride_gr, mask=row_ok, other=0.0)
-        acc = acc * tl.sigmoid(g.to(tl.float32))[:, None]
-    elif GATE == 5:
-        acc = acc.to(Out.dtype.element_ty).to(tl.float32) * tl.sigmoid(g.to(tl.float32))[:, None]
-    elif GATE == 7:
-        g = tl.load(G + q0 * stride_gr + h * stride_gh + offs_m * stride_gr, mask=row_ok, other=0.0)
-        acc = acc.to(Out.dtype.element_ty).to(tl.float32) * tl.sigmoid(g.to(tl.float32))[:, None]
-    elif GATE == 6:
-        g = tl.load(G + q0 * stride_gr + h * stride_gh + offs_m[:, None] * stride_gr + offs_d[None, :],
-                    mask=row_ok[:, None] & (offs_d < D)[None, :], other=0.0)
-        acc = acc.to(Out.dtype.element_ty).to(tl.float32) * _gate_sigmoid(g.to(tl.float32), FAST)
+        acc = acc.to(Out.dtype.element_ty).to(tl.float32) * _gate_sigmoid(g.to(tl.float32), FAST)[:, None]
     elif GATE == 2:
         g = tl.load(G + q0 * stride_gr + h * stride_gh + offs_m[:, None] * stride_gr + offs_d[None, :],
                     mask=row_ok[:, None] & (offs_d < D)[None, :], other=0.0)
-        # rounded to the output type before the product (as the same-dtype reference rounds): the accumulator then
-        # takes the store's layout once, in 16 bits, and the gate tile stays in its load layout
-        acc = acc.to(Out.dtype.element_ty).to(tl.float32) * tl.sigmoid(g.to(tl.float32))
-    elif GATE == 3:
-        g = tl.load(G + q0 * stride_gr + h * stride_gh + offs_m[:, None] * stride_gr + offs_d[None, :],
-                    mask=row_ok[:, None] & (offs_d < D)[None, :], other=0.0)
-        acc = acc * tl.sigmoid(g.to(tl.float32))
+        acc = acc.to(Out.dtype.element_ty).to(tl.float32) * _gate_sigmoid(g.to(tl.float32), FAST)
     tl.store(Out + q0 * stride_or + h * stride_oh + offs_m[:, None] * stride_or + offs_d[None, :],
              acc.to(Out.dtype.element_ty), mask=(offs_m < q_lim)[:, None] & (offs_d < D)[None, :])
 
@@ -388,10 +372,10 @@ def _attn_fwd_windows(
         acc = acc / l_sum[:, None]
         tl.store(LSE + h * LSE_ROWS + rows, m + tl.log2(l_sum), mask=row_ok)
     if GATE == 1:
-        acc = acc * tl.sigmoid(g.to(tl.float32))[:, None]
+        acc = acc.to(Out.dtype.element_ty).to(tl.float32) * _gate_sigmoid(g.to(tl.float32), FAST)[:, None]
     elif GATE == 2:
-        ge = tl.load(G + h * stride_gh + rows[:, None] * stride_gr + offs_d[None, :], mask=mask, other=0.0)
-        acc = acc * tl.sigmoid(ge.to(tl.float32))
+        g = tl.load(G + h * stride_gh + rows[:, None] * stride_gr + offs_d[None, :], mask=mask, other=0.0)
+        acc = acc.to(Out.dtype.element_ty).to(tl.float32) * _gate_sigmoid(g.to(tl.float32), FAST)
     tl.store(Out + h * stride_oh + rows[:, None] * stride_or + offs_d[None, :], acc.to(Out.dtype.element_ty),
              mask=mask)
 
@@ -958,7 +942,7 @@ def attention_forward(q, k, v, gate, bias_t, slopes, decay, positions, seq_lens,
     _launch(
         "fwd", pb.LQ, pb.B * pb.H, pb.block_d, pb.max_len, q.dtype == torch.float32,
         Q=q, K=k, V=v, G=g, Out=out, LSE=lse, **_strides(q, k, v, out), stride_gr=gs[0], stride_gh=gs[1],
-        LQ=pb.LQ, scale2=pb.scale * LOG2E, GATE=GATE_VARIANT.get(pb.gate, pb.gate), **pb.common(),
+        LQ=pb.LQ, scale2=pb.scale * LOG2E, GATE=pb.gate, **pb.common(),
     )
     return out, lse
 
