@@ -5,6 +5,7 @@ Used to choose ``triton_kernels.CONFIGS`` and ``WINDOW_TILES``; see ``benchmarks
 tiles against the one-window-per-program kernel), ``--gate`` (fused-gate overhead from paired calls; ``--regs``
 adds each compiled kernel's registers, spills and shared memory, ``--ir`` its TTGIR layout conversions, ``--dump``
 its TTGIR / PTX / cubin, ``--profile`` the device time per kernel and graphed replays), ``--d64`` (D = 64 tiles),
+``--dq-pair`` (atomic against separate dQ, paired calls),
 ``--d128`` (D = 128 tiles the v3 sweep left out, at N = 16384, 4096, 1024 and causal 1024).
 """
 
@@ -47,37 +48,78 @@ SWEEP_D128 = {
 
 
 
-def profile_gate(N: int = 4096, D: int = 128, calls: int = 30) -> None:
-    """Device time per kernel of the forward with and without the gate (``torch.profiler``, ``calls`` calls each):
-    tells the fused kernel's own time from anything else a gated call launches or waits for."""
+def _profile(label: str, fn, calls: int) -> None:
+    """Print the mean device time of every kernel that ``calls`` calls of ``fn`` launch (``torch.profiler``)."""
     from torch.profiler import ProfilerActivity, profile
 
-    B, H = TOKENS // N, HIDDEN // D
-    q, k, v = (rand(B, N, H, D, grad=False) for _ in range(3))
-    gates = {"ungated": None, "headwise": rand(B, N, H, grad=False), "elementwise": rand(B, N, H, D, grad=False)}
-    for name, g in gates.items():
-        fn = functools.partial(attention, q, k, v, sigmoid_bias=-math.log(N), gate=g)
-        for _ in range(3):
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
             fn()
         torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(calls):
-                fn()
-            torch.cuda.synchronize()
-        for e in prof.key_averages():
-            if e.device_type.name == "CUDA" or getattr(e, "device_time_total", 0) > 0:
-                total = getattr(e, "device_time_total", None) or e.cuda_time_total
-                print(f"profile {name:12s} {e.key[:60]:60s} calls {e.count:4d}  mean {total / e.count:9.1f} us",
-                      flush=True)
-    graphs = {}
+    for e in prof.key_averages():
+        total = getattr(e, "device_time_total", 0)
+        if total > 0:
+            print(f"profile {label:16s} {e.key[:60]:60s} calls {e.count:4d}  mean {total / e.count:9.1f} us",
+                  flush=True)
+
+
+def profile_gate(N: int = 4096, D: int = 128, calls: int = 30) -> None:
+    """Device time per kernel, forward and backward, with and without the gate (``torch.profiler``, ``calls`` calls
+    each): tells the fused kernels' own time from the gate's backward pass and anything else a gated call launches;
+    then the forwards replayed from CUDA graphs in pairs (no host in the figure)."""
+    B, H = TOKENS // N, HIDDEN // D
+    q, k, v = (rand(B, N, H, D) for _ in range(3))
+    gates = {"ungated": None, "headwise": rand(B, N, H), "elementwise": rand(B, N, H, D)}
     for name, g in gates.items():
-        graphs[name] = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graphs[name]):
-            attention(q, k, v, sigmoid_bias=-math.log(N), gate=g)
+        fn = functools.partial(attention, q, k, v, sigmoid_bias=-math.log(N), gate=g)
+        _profile(name + " fwd", fn, calls)
+        out = fn()
+        _profile(name + " bwd", functools.partial(out.backward, torch.randn_like(out), retain_graph=True), calls)
+    graphs = {}
+    with torch.no_grad():
+        for name, g in gates.items():
+            graphs[name] = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graphs[name]):
+                attention(q, k, v, sigmoid_bias=-math.log(N), gate=g)
     t = paired_ms({name: graph.replay for name, graph in graphs.items()}, 100)
     for i, name in enumerate(graphs):
         print(f"graphed {name:12s} {t[i].median().item():.4f} ms, {(t[i] / t[0]).median().item() - 1:+.2%} over "
               "ungated (100 paired replays)", flush=True)
+
+
+def dq_pair(shapes=((128, 16384), (128, 4096), (128, 1024), (64, 16384), (64, 1024)), iters: int = 30) -> None:
+    """Atomic dQ (one pass, 5 products, plus a float32 dQ buffer to zero and convert) against the separate dQ kernel
+    (7 products, dQ written once in the input type), backward of the same graph in paired calls (``paired_ms``)."""
+    for D, N in shapes:
+        B, H = TOKENS // N, HIDDEN // D
+        q, k, v = (rand(B, N, H, D) for _ in range(3))
+        out = attention(q, k, v, sigmoid_bias=-math.log(N))
+        dout = torch.randn_like(out)
+
+        clear = functools.partial(_clear, (q, k, v))
+        t = paired_ms({m: functools.partial(_backward_in_mode, m, out, dout) for m in ("atomic", "separate")}, iters,
+                      prepare={"atomic": clear, "separate": clear})
+        tk.BWD_DQ_MODE = "atomic"
+        flops = 2.5 * 4 * B * H * N * N * D
+        ratio = (t[1] / t[0]).median().item()
+        print(f"dq D={D:3d} N={N:5d}  atomic {flops / t[0].median().item() / 1e9:6.1f}  separate "
+              f"{flops / t[1].median().item() / 1e9:6.1f} TFLOPS (2.5x credit)  separate / atomic time {ratio:.3f} "
+              f"({iters} pairs)", flush=True)
+        del q, k, v, out, dout
+        torch.cuda.empty_cache()
+
+
+def _backward_in_mode(mode: str, out: torch.Tensor, dout: torch.Tensor) -> None:
+    tk.BWD_DQ_MODE = mode
+    out.backward(dout, retain_graph=True)
+
+
+def _clear(tensors) -> None:
+    for x in tensors:
+        x.grad = None
 
 
 def use(sweep: dict) -> None:
@@ -194,9 +236,13 @@ def main() -> None:
     parser.add_argument("--ir", action="store_true", help="with --regs: each kernel's TTGIR layout conversions")
     parser.add_argument("--dump", type=Path, help="with --regs: write each forward kernel's TTGIR, PTX and cubin here")
     parser.add_argument("--profile", action="store_true", help="with --gate: device time per kernel (torch.profiler)")
+    parser.add_argument("--dq-pair", action="store_true", help="atomic vs separate dQ backward, paired calls")
     parser.add_argument("--iters", type=int, default=100, help="with --gate: paired calls per variant")
     parser.add_argument("--d128", action="store_true", help="v7: more D = 128 tiles, N = 16384 / 4096 / 1024, causal")
     args = parser.parse_args()
+    if args.dq_pair:
+        dq_pair()
+        return
     if args.d128:
         use(SWEEP_D128)
         for N, causal in ((16384, False), (4096, False), (1024, False), (1024, True), (4096, True)):

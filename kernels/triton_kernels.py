@@ -29,8 +29,9 @@ LOG2E = 1.4426950408889634
 HALF_LN2 = tl.constexpr(0.34657359027997264)
 # Tests set this to fill every output buffer with NaN before a launch, so an element the kernel forgot fails.
 POISON_OUTPUTS = False
-# "atomic": one backward pass over key tiles adds dQ with fp32 atomics; "separate": a second kernel computes dQ.
-BWD_DQ_MODE = os.environ.get("GATEDZOO_BWD_DQ", "atomic")
+# "separate" (default): a second kernel computes dQ; "atomic": the dK/dV pass adds dQ with fp32 atomics (fewer
+# products, but 9-18 % slower in paired calls on an H100, v8 in benchmarks/NOTES.md).
+BWD_DQ_MODE = os.environ.get("GATEDZOO_BWD_DQ", "separate")
 # Approximate-tanh sigmoid for float16 / bfloat16 inputs (float32 keeps the exact formula).
 FAST_SIGMOID = os.environ.get("GATEDZOO_FAST_SIGMOID", "1") == "1"
 # False: launch the first config of each list without autotuning (the GPU tests, where compile time dominates).
