@@ -316,7 +316,9 @@ def write_outputs(result: dict) -> None:
         f"{meta['triton_sigmoid']}; {meta['date']}. Command: `{meta['command']}`.",
         f"Measured ceilings: copy {meta['copy_GBps']:.0f} GB/s (read + write), bf16 matmul "
         f"{meta['matmul_TFLOPS']:.0f} TFLOPS. bf16, median of `triton.testing.do_bench`; forward FLOPs 4·B·H·N²·D "
-        "(Σ Lᵢ² with padding, halved for causal), backward 2.5 × forward. Written by `benchmarks/attention.py`.", "",
+        "(Σ Lᵢ² with padding, halved for causal), backward 2.5 × forward. Written by `benchmarks/attention.py`.",
+        f"gatedzoo's backward computed dQ with the `{meta.get('dq_mode', 'atomic')}` strategy "
+        "(`triton_kernels.BWD_DQ_MODE`; `benchmarks/NOTES.md` v8 compares the two).", "",
         "## Long sequences (16,384 tokens, hidden 2048), TFLOPS fwd / bwd", "",
     ]
     long = [r for r in rows if r["group"] == "long"]
