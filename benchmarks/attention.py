@@ -238,7 +238,7 @@ def gate_rows(N=4096, D=128, iters=100) -> list[dict]:
     douts = {name: torch.randn_like(out) for name, out in outs.items()}
 
     bwd = paired_ms({name: functools.partial(outs[name].backward, douts[name], retain_graph=True) for name in names},
-                    iters, prepare={name: functools.partial(_clear_grads, cases[name][1]) for name in names})
+                    iters, prepare={name: functools.partial(clear_grads, cases[name][1]) for name in names})
     rows = []
     flops = 4 * B * H * N * N * D
     for i, name in enumerate(names):
@@ -466,7 +466,7 @@ def padding_check(iters: int = 50) -> None:
                 keep.append((inputs, out))
                 fwd[name, pad] = fn
                 bwd[name, pad] = functools.partial(out.backward, torch.randn_like(out), retain_graph=True)
-        clear = {key: functools.partial(_clear_grads, keep[i][0]) for i, key in enumerate(bwd)}
+        clear = {key: functools.partial(clear_grads, keep[i][0]) for i, key in enumerate(bwd)}
         for pas, fns, prep in (("fwd", fwd, None), ("bwd", bwd, clear)):
             keys = list(fns)
             t = paired_ms(fns, iters, prepare=prep)
@@ -481,7 +481,9 @@ def padding_check(iters: int = 50) -> None:
         torch.cuda.empty_cache()
 
 
-def _clear_grads(inputs) -> None:
+def clear_grads(inputs) -> None:
+    """Drop the inputs' ``.grad`` before a timed backward (as ``do_bench``'s ``grad_to_none``), so that the call
+    writes fresh gradients instead of adding into the last ones."""
     for x in inputs:
         x.grad = None
 

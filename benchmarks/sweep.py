@@ -23,7 +23,7 @@ import torch
 import triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from attention import HIDDEN, TOKENS, attention, bench, ceilings, gate_rows, paired_ms, rand, tk  # noqa: E402
+from attention import HIDDEN, TOKENS, attention, bench, ceilings, clear_grads, gate_rows, paired_ms, rand, tk  # noqa: E402
 
 cfg = tk._cfg
 SWEEP = {
@@ -45,7 +45,6 @@ SWEEP_D128 = {
     ("dkdv", "d128"): [cfg(64, 128, 8, 3), cfg(64, 128, 8, 4), cfg(32, 128, 8, 3), cfg(32, 128, 8, 4),
                        cfg(32, 128, 8, 5), cfg(32, 128, 4, 3), cfg(64, 64, 4, 3), cfg(32, 64, 4, 4)],
 }
-
 
 
 def _profile(label: str, fn, calls: int) -> None:
@@ -99,10 +98,11 @@ def dq_pair(shapes=((128, 16384), (128, 4096), (128, 1024), (64, 16384), (64, 10
         out = attention(q, k, v, sigmoid_bias=-math.log(N))
         dout = torch.randn_like(out)
 
-        clear = functools.partial(_clear, (q, k, v))
+        clear = functools.partial(clear_grads, (q, k, v))
+        before = tk.BWD_DQ_MODE
         t = paired_ms({m: functools.partial(_backward_in_mode, m, out, dout) for m in ("atomic", "separate")}, iters,
                       prepare={"atomic": clear, "separate": clear})
-        tk.BWD_DQ_MODE = "atomic"
+        tk.BWD_DQ_MODE = before
         flops = 2.5 * 4 * B * H * N * N * D
         ratio = (t[1] / t[0]).median().item()
         print(f"dq D={D:3d} N={N:5d}  atomic {flops / t[0].median().item() / 1e9:6.1f}  separate "
@@ -115,11 +115,6 @@ def dq_pair(shapes=((128, 16384), (128, 4096), (128, 1024), (64, 16384), (64, 10
 def _backward_in_mode(mode: str, out: torch.Tensor, dout: torch.Tensor) -> None:
     tk.BWD_DQ_MODE = mode
     out.backward(dout, retain_graph=True)
-
-
-def _clear(tensors) -> None:
-    for x in tensors:
-        x.grad = None
 
 
 def use(sweep: dict) -> None:
