@@ -211,7 +211,7 @@ def paired_ms(fns: dict, iters: int = 100, prepare: dict | None = None) -> torch
     return torch.tensor([[s.elapsed_time(e) for s, e in row] for row in ev], dtype=torch.float64)
 
 
-def _quartiles(x: torch.Tensor) -> tuple[float, float, float]:
+def quartiles(x: torch.Tensor) -> tuple[float, float, float]:
     return tuple(torch.quantile(x, torch.tensor([0.5, 0.25, 0.75], dtype=x.dtype)).tolist())
 
 
@@ -245,7 +245,7 @@ def gate_rows(N=4096, D=128, iters=100) -> list[dict]:
         row = dict(group="gate", provider=name, D=D, N=N, causal=False, padding=0.0, iters=iters)
         for pas, t in (("fwd", fwd), ("bwd", bwd)):
             ms = t[i].median().item()
-            med, lo, hi = _quartiles(t[i] / t[0] - 1)
+            med, lo, hi = quartiles(t[i] / t[0] - 1)
             row.update({f"{pas}_ms": ms, f"{pas}_tflops": (1 if pas == "fwd" else 2.5) * flops / ms / 1e9,
                         f"{pas}_overhead": med, f"{pas}_overhead_iqr": [lo, hi]})
         rows.append(row)
@@ -437,7 +437,7 @@ def launch_rows(iters: int = 200) -> None:
     t = paired_ms({key: graphs[key].replay for key in keys}, iters)
     for name in ("seq_lens", "cu_seqlens+max"):
         dense, padded = t[keys.index((name, 0.0))], t[keys.index((name, 0.25))]
-        med, lo, hi = _quartiles(flops[0.25] / padded / (flops[0.0] / dense))
+        med, lo, hi = quartiles(flops[0.25] / padded / (flops[0.0] / dense))
         print(f"launch D={D} N={N} {name:14s} graphed, {iters} paired calls: 25 % padding / dense effective TFLOPS "
               f"median {med:.3f} [quartiles {lo:.3f}, {hi:.3f}]; dense {flops[0.0] / dense.median().item() / 1e9:.1f}, "
               f"padded {flops[0.25] / padded.median().item() / 1e9:.1f}", flush=True)
@@ -472,7 +472,7 @@ def padding_check(iters: int = 50) -> None:
             t = paired_ms(fns, iters, prepare=prep)
             for name in ("seq_lens", "cu_seqlens+max"):
                 dense, padded = t[keys.index((name, 0.0))], t[keys.index((name, 0.25))]
-                med, lo, hi = _quartiles(flops[0.25] / padded / (flops[0.0] / dense))
+                med, lo, hi = quartiles(flops[0.25] / padded / (flops[0.0] / dense))
                 mult = 1 if pas == "fwd" else 2.5
                 print(f"padding D={D} N={N:5d} {name:14s} {pas}: 25 % / dense effective TFLOPS {med:.3f} [quartiles "
                       f"{lo:.3f}, {hi:.3f}]; dense {mult * flops[0.0] / dense.median().item() / 1e9:.1f}, padded "

@@ -19,6 +19,7 @@ Usage::
     python benchmarks/scfm_study.py prepare
     python benchmarks/scfm_study.py gpu --out $OUT                       # on the GPU machine
     python benchmarks/scfm_study.py gpu --out runs/scfm_cpu --tiny       # end-to-end dry run on CPU
+    python benchmarks/scfm_study.py gpu --out $OUT --step-time-only      # step times only (ABBA repeats)
     python benchmarks/scfm_study.py analyze --results <folder with study.pt, stress.pt, log.json>
 """
 
@@ -156,6 +157,17 @@ def gpu(args) -> None:
     info["backend_used"] = backend if device.type == "cuda" else "reference (cpu)"
     print(json.dumps(info), flush=True)
     amp = device.type == "cuda"
+    if args.step_time_only:
+        # the study's two step-time figures again, each activation timed 4 times in ABBA order on a fixed batch:
+        # base on 16 padding-heavy cells of up to 2,048 genes; small on 64 cells of up to 512 genes (the study's size)
+        info["step_time_base"] = step_time_base(cells, vocab_size, device, amp, args.tiny, repeats=4)
+        info["step_time_small"] = step_time_base(cells, vocab_size, device, amp, args.tiny, size="small",
+                                                 max_genes=512, n_cells=64, backends=("auto",), repeats=4)
+        for key in ("step_time_base", "step_time_small"):
+            print(json.dumps(info[key]), flush=True)
+        info["total_s"] = time.time() - t_start
+        (out / "log.json").write_text(json.dumps(info, indent=1))
+        return
 
     size = "tiny" if args.tiny else args.size
     steps, seeds = (6, [0, 1]) if args.tiny else (args.steps, list(range(args.seeds)))
@@ -209,34 +221,43 @@ def gpu(args) -> None:
     (out / "log.json").write_text(json.dumps(info, indent=1))
 
 
-def step_time_base(cells, vocab_size, device, amp, tiny) -> dict:
-    """Median step time of ``scfm_<act>_base`` on 16 real cells of up to 2,048 genes (padding-heavy)."""
+def step_time_base(cells, vocab_size, device, amp, tiny, size: str = "base", max_genes: int = 2048,
+                   n_cells: int = 16, backends=("auto", "reference"), repeats: int = 1) -> dict:
+    """Median step time of ``scfm_<act>_<size>`` (default ``base``) on ``n_cells`` real cells of up to
+    ``max_genes`` genes, picked evenly along the length order (padding-heavy). ``repeats`` > 1 times each activation
+    that many times in ABBA order (sigmoid, softmax, softmax, sigmoid, ...), each time a fresh model, and takes the
+    median over all timed steps, so that drift of the GPU's clocks between the two activations cancels."""
     import gatedzoo
     from gatedzoo.data.singlecell import CellDataset, collate_cells
 
     if device.type != "cuda" and not tiny:
         return {}
     order = np.argsort(-cells.lengths())
-    ds = CellDataset(cells.subset(order[:: max(len(order) // 16, 1)][:16]))
+    ds = CellDataset(cells.subset(order[:: max(len(order) // n_cells, 1)][:n_cells]))
     rng = np.random.default_rng(0)
-    size, max_genes = ("tiny", 64) if tiny else ("base", 2048)
+    size, max_genes = ("tiny", 64) if tiny else (size, max_genes)
     batch = collate_cells([ds[i] for i in range(len(ds))], max_genes=max_genes, mask_ratio=0.15, mask_bin=51,
                           sample=False, generator=rng)
-    res = {"cells": len(ds), "max_len": int(batch["seq_lens"].max()) + 1,
+    res = {"size": size, "cells": len(ds), "max_len": int(batch["seq_lens"].max()) + 1, "repeats": repeats,
            "padding_fraction": float(1 - (batch["seq_lens"].float() + 1).mean() / (batch["seq_lens"].max() + 1))}
-    for backend in ("auto", "reference"):
-        for act in ("sigmoid", "softmax"):
-            torch.manual_seed(0)
-            model = gatedzoo.create_model(f"scfm_{act}_{size}", vocab_size=vocab_size, backend=backend).to(device)
-            try:
-                hist = _train(model, iter(lambda: batch, None), steps=3 if tiny else 25, lr=1e-4, warmup=1,
-                              device=device, amp=amp, deadline=time.time() + 60)
-                res[f"{act}_{backend}_ms"] = 1e3 * float(np.median(hist["step_time"][5 if not tiny else 1:]))
-            except Exception as e:  # noqa: BLE001  (a failing backend is reported, not fatal to the study)
-                res[f"{act}_{backend}_error"] = f"{type(e).__name__}: {str(e)[:200]}"
-            del model
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+    for backend in backends:
+        times = {"sigmoid": [], "softmax": []}
+        for rep in range(repeats):
+            for act in ("sigmoid", "softmax") if rep % 2 == 0 else ("softmax", "sigmoid"):
+                torch.manual_seed(0)
+                model = gatedzoo.create_model(f"scfm_{act}_{size}", vocab_size=vocab_size, backend=backend).to(device)
+                try:
+                    hist = _train(model, iter(lambda: batch, None), steps=3 if tiny else 25, lr=1e-4, warmup=1,
+                                  device=device, amp=amp, deadline=time.time() + 60)
+                    times[act] += hist["step_time"][5 if not tiny else 1:]
+                except Exception as e:  # noqa: BLE001  (a failing backend is reported, not fatal to the study)
+                    res[f"{act}_{backend}_error"] = f"{type(e).__name__}: {str(e)[:200]}"
+                del model
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+        for act, t in times.items():
+            if t:
+                res[f"{act}_{backend}_ms"] = 1e3 * float(np.median(t))
     return res
 
 
@@ -460,6 +481,8 @@ def main(argv=None) -> int:
     p.add_argument("--negatives", type=float, default=1.0,
                    help='"not expressed" queries per masked gene in the cell loss (0 = the v1/v2 objective)')
     p.add_argument("--skip-stress", action="store_true", help="study only (no base timing, no stress test)")
+    p.add_argument("--step-time-only", action="store_true",
+                   help="only the step times (base and small, fixed batches, ABBA repeats): no study, no stress test")
     p.add_argument("--stress-steps", type=int, default=250)
     p.add_argument("--stress-batch", type=int, default=2)
     p.add_argument("--stress-lr", type=float, default=1e-3)

@@ -6,7 +6,11 @@ tiles against the one-window-per-program kernel), ``--gate`` (fused-gate overhea
 adds each compiled kernel's registers, spills and shared memory, ``--ir`` its TTGIR layout conversions, ``--dump``
 its TTGIR / PTX / cubin, ``--profile`` the device time per kernel and graphed replays), ``--d64`` (D = 64 tiles),
 ``--dq-pair`` (atomic against separate dQ, paired calls),
-``--d128`` (D = 128 tiles the v3 sweep left out, at N = 16384, 4096, 1024 and causal 1024).
+``--d128`` (D = 128 tiles the v3 sweep left out, at N = 16384, 4096, 1024 and causal 1024),
+``--bwd-tiles`` (v9: dK/dV and dQ tiles of the separate-dQ backward, paired calls), ``--short-tiles`` (v9: forward
+tiles for dense, padded, packed and causal calls against the dense production tile, paired graph replays; ``--shapes``
+picks the D x N), ``--ab`` (v9: pairs of tiles timed back to back with ``do_bench`` in turns — the check a tile
+choice needs, since paired single calls run at the higher clocks of a GPU that is not at its power limit).
 """
 
 from __future__ import annotations
@@ -23,7 +27,20 @@ import torch
 import triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from attention import HIDDEN, TOKENS, attention, bench, ceilings, clear_grads, gate_rows, paired_ms, rand, tk  # noqa: E402
+from attention import (  # noqa: E402
+    HIDDEN,
+    TOKENS,
+    attention,
+    bench,
+    ceilings,
+    clear_grads,
+    gate_rows,
+    padded_lengths,
+    paired_ms,
+    quartiles,
+    rand,
+    tk,
+)
 
 cfg = tk._cfg
 SWEEP = {
@@ -46,6 +63,210 @@ SWEEP_D128 = {
                        cfg(32, 128, 8, 5), cfg(32, 128, 4, 3), cfg(64, 64, 4, 3), cfg(32, 64, 4, 4)],
 }
 
+# v9: the backward tiles again, now that the separate dQ kernel is the default (v3 chose the dK/dV tile with atomic
+# dQ, whose kernel held a float32 dQ tile as well and sat at 255 registers). First entry of each list: production.
+BWD_TILES = {
+    128: {"dkdv": [cfg(64, 128, 8, 3), cfg(128, 128, 8, 2), cfg(128, 128, 8, 1), cfg(64, 128, 8, 2),
+                   cfg(64, 128, 4, 3), cfg(128, 64, 8, 3), cfg(64, 64, 4, 3), cfg(32, 128, 4, 3)],
+          "dq": [cfg(128, 64, 8, 3), cfg(128, 128, 8, 2), cfg(128, 64, 8, 2), cfg(128, 64, 4, 3), cfg(64, 64, 4, 3),
+                 cfg(128, 32, 4, 3), cfg(64, 128, 8, 3)]},
+    64: {"dkdv": [cfg(64, 64, 4, 3), cfg(32, 128, 4, 3), cfg(64, 128, 8, 2), cfg(128, 128, 8, 2),
+                  cfg(64, 128, 4, 3), cfg(128, 64, 4, 3), cfg(128, 128, 8, 3), cfg(128, 128, 4, 2)],
+         "dq": [cfg(128, 64, 8, 2), cfg(128, 128, 8, 2), cfg(128, 64, 4, 3), cfg(64, 64, 4, 3), cfg(128, 128, 8, 3),
+                cfg(128, 32, 4, 3)]},
+}
+# v9: short-sequence forward tiles for the calls whose last tile is ragged (padding, packed varlen) or triangular
+# (causal); the v9 run also had 64x64 x 4 warps x 4 stages, 64x128 x 4 warps and 64x32 x 2 warps, all far slower
+SHORT_TILES = [cfg(128, 32, 4, 3), cfg(64, 64, 4, 3), cfg(64, 32, 4, 3), cfg(128, 64, 8, 3), cfg(128, 64, 4, 3),
+               cfg(64, 64, 4, 2), cfg(64, 32, 4, 4)]
+
+def _label(c: triton.Config) -> str:
+    return f"{c.kwargs['BLOCK_M']}x{c.kwargs['BLOCK_N']}w{c.num_warps}s{c.num_stages}"
+
+
+def _backward_with(choice: dict, size: str, out: torch.Tensor, dout: torch.Tensor) -> None:
+    for pass_name, c in choice.items():
+        tk.CONFIGS[(pass_name, size)] = [c]
+    out.backward(dout, retain_graph=True)
+
+
+def bwd_tiles(shapes=((128, 16384), (128, 4096), (128, 1024), (64, 16384), (64, 1024)), iters: int = 20) -> None:
+    """Separate-dQ backward with each ``BWD_TILES`` alternative for one pass (the other pass on its production tile),
+    in paired calls against production; every variant's gradients are checked against production's first."""
+    saved, mode = dict(tk.CONFIGS), tk.BWD_DQ_MODE
+    tk.BWD_DQ_MODE = "separate"
+    for D, N in shapes:
+        B, H = TOKENS // N, HIDDEN // D
+        q, k, v = (rand(B, N, H, D) for _ in range(3))
+        out = attention(q, k, v, sigmoid_bias=-math.log(N))
+        dout = torch.randn_like(out)
+        size = tk._size_class("dkdv", D, N, False, False)
+        base = {p: BWD_TILES[D][p][0] for p in ("dkdv", "dq")}
+        clear = functools.partial(clear_grads, (q, k, v))
+        variants, ref = {}, None
+        for pass_name in ("dkdv", "dq"):
+            for i, c in enumerate(BWD_TILES[D][pass_name]):
+                if pass_name == "dq" and i == 0:
+                    continue  # production with production: the dkdv list's first entry
+                fn = functools.partial(_backward_with, {**base, pass_name: c}, size, out, dout)
+                try:
+                    clear()
+                    fn()
+                    torch.cuda.synchronize()
+                except Exception as e:  # a tile over the shared-memory or register limit: report and go on
+                    print(f"bwd D={D} N={N} {pass_name} {_label(c)}: {type(e).__name__} {str(e)[:80]}", flush=True)
+                    continue
+                grads = [x.grad.float() for x in (q, k, v)]
+                ref = grads if ref is None else ref
+                err = max((a - b).abs().max().item() for a, b in zip(grads, ref))
+                variants[f"{pass_name} {_label(c)}"] = (fn, err)
+        t = paired_ms({name: fn for name, (fn, _) in variants.items()}, iters,
+                      prepare=dict.fromkeys(variants, clear))
+        flops = 2.5 * 4 * B * H * N * N * D
+        for i, (name, (_, err)) in enumerate(variants.items()):
+            med, lo, hi = quartiles(t[i] / t[0])
+            print(f"bwd D={D:3d} N={N:5d} {name:20s} {flops / t[i].median().item() / 1e9:6.1f} TFLOPS (2.5x credit)  "
+                  f"time / production {med:.3f} [{lo:.3f}, {hi:.3f}]  max|grad - production| {err:.2e}", flush=True)
+        del q, k, v, out, dout, variants
+        torch.cuda.empty_cache()
+    tk.CONFIGS.clear()
+    tk.CONFIGS.update(saved)
+    tk.BWD_DQ_MODE = mode
+
+
+def _graph_with(size: str, c: triton.Config, fn) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    tk.CONFIGS[("fwd", size)] = [c]
+    fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph, out
+
+
+def short_tiles(shapes=((128, 1024), (64, 1024), (128, 4096)), iters: int = 100) -> None:
+    """Forwards replayed from CUDA graphs in paired calls, per shape: dense on its production tile against dense,
+    25 % padding (``seq_lens``; ``cu_seqlens`` + ``max_seqlen``) and causal under each ``SHORT_TILES`` alternative.
+    Prints padded / dense effective TFLOPS (target ≥ 0.9), causal / dense time (target ≤ 0.6) and each output's
+    max |difference| from the same call on its production tile."""
+    saved = dict(tk.CONFIGS)
+    for D, N in shapes:
+        B, H = TOKENS // N, HIDDEN // D
+        gen = torch.Generator().manual_seed(0)
+        bias = -math.log(N)
+        q, k, v = (rand(B, N, H, D, grad=False) for _ in range(3))
+        flops0 = 4 * B * H * N * N * D
+        lens, flops, seq_lens, cu = padded_lengths(N, D, 0.25, gen)
+        qp, kp, vp = (rand(int(lens.sum()), H, D, grad=False) for _ in range(3))
+        cases = {  # name: (size class the launcher picks, call, effective FLOPs)
+            "dense": (tk._size_class("fwd", D, N, False, False), functools.partial(attention, q, k, v,
+                                                                                 sigmoid_bias=bias), flops0),
+            "seq_lens": (tk._size_class("fwd", D, N, False, False, True),
+                         functools.partial(attention, q, k, v, sigmoid_bias=bias, seq_lens=seq_lens), flops),
+            "cu_seqlens+max": (tk._size_class("fwd", D, N, False, False, True),
+                               functools.partial(attention, qp, kp, vp, sigmoid_bias=bias, cu_seqlens=cu,
+                                                 max_seqlen=int(lens.max())), flops),
+            "causal": (tk._size_class("fwd", D, N, False, True),
+                       functools.partial(attention, q, k, v, sigmoid_bias=bias, causal=True), flops0 / 2)}
+        with torch.no_grad():
+            ref = {name: fn() for name, (_, fn, _) in cases.items()}  # production tiles
+            prod = {name: saved[("fwd", size)][0] for name, (size, _, _) in cases.items()}
+            graphs = {("dense", "production"): _graph_with(cases["dense"][0], prod["dense"], cases["dense"][1])}
+            for c in SHORT_TILES:
+                for name, (size, fn, _) in cases.items():
+                    try:
+                        graphs[name, _label(c)] = _graph_with(size, c, fn)
+                    except Exception as e:  # over a resource limit: report and go on
+                        print(f"short D={D} N={N} {name} {_label(c)}: {type(e).__name__} {str(e)[:80]}", flush=True)
+            t = paired_ms({key: g.replay for key, (g, _) in graphs.items()}, iters)
+        for i, ((name, tile), (_, out)) in enumerate(graphs.items()):
+            f = cases[name][2]
+            if name == "causal":
+                med, lo, hi = quartiles(t[i] / t[0])
+                what = f"causal / dense time {med:.3f} [{lo:.3f}, {hi:.3f}]"
+            else:
+                med, lo, hi = quartiles(f / t[i] / (flops0 / t[0]))
+                what = f"effective TFLOPS / dense {med:.3f} [{lo:.3f}, {hi:.3f}]"
+            err = (out.float() - ref[name].float()).abs().max().item()
+            mark = " (production)" if tile == "production" or tile == _label(prod[name]) else ""
+            print(f"short D={D:3d} N={N:5d} {name:14s} {tile:11s} {t[i].median().item():.4f} ms "
+                  f"{f / t[i].median().item() / 1e9:6.1f} TFLOPS  {what}  max|out - production| {err:.1e}{mark} "
+                  f"({iters} paired replays)", flush=True)
+        tk.CONFIGS.clear()
+        tk.CONFIGS.update(saved)
+        del q, k, v, qp, kp, vp, graphs, ref
+        torch.cuda.empty_cache()
+
+# v9: steady-state A/B of tile choices (``--ab``): (D, N, call, {class: tiles} for A, {class: tiles} for B); the class
+# must be the one the launcher picks for the call (``triton_kernels._size_class``), or A and B run the same tile
+AB = [
+    (128, 16384, "dense", {"d128": [cfg(128, 64, 8, 3)]}, {"d128": [cfg(64, 64, 4, 3)]}),
+    (64, 16384, "dense", {"d64": [cfg(128, 64, 4, 3)]}, {"d64": [cfg(64, 64, 4, 3)]}),
+    (128, 1024, "dense", {"d128-short": [cfg(128, 32, 4, 3)]}, {"d128-short": [cfg(64, 32, 4, 3)]}),
+    (128, 1024, "seq_lens", {"d128-ragged": [cfg(128, 32, 4, 3)]}, {"d128-ragged": [cfg(64, 32, 4, 3)]}),
+    (128, 1024, "cu_seqlens+max", {"d128-ragged": [cfg(128, 32, 4, 3)]}, {"d128-ragged": [cfg(64, 32, 4, 3)]}),
+    (128, 1024, "causal", {"d128-causal": [cfg(64, 64, 4, 3)]}, {"d128-causal": [cfg(64, 32, 4, 3)]}),
+    (128, 4096, "causal", {"d128-causal": [cfg(64, 64, 4, 3)]}, {"d128-causal": [cfg(64, 32, 4, 3)]}),
+    (64, 1024, "dense", {"d64": [cfg(128, 64, 4, 3)]}, {"d64": [cfg(64, 64, 4, 3)]}),
+    (64, 1024, "causal", {"d64-causal": [cfg(128, 64, 4, 3)]}, {"d64-causal": [cfg(64, 64, 4, 3)]}),
+    (64, 1024, "bwd", {"dkdv d64": [cfg(64, 64, 4, 3)], "dq d64": [cfg(128, 64, 8, 2)]},
+     {"dkdv d64": [cfg(128, 64, 4, 3)], "dq d64": [cfg(128, 64, 4, 3)]}),
+    (64, 16384, "bwd", {"dkdv d64": [cfg(64, 64, 4, 3)], "dq d64": [cfg(128, 64, 8, 2)]},
+     {"dkdv d64": [cfg(128, 64, 4, 3)], "dq d64": [cfg(128, 64, 4, 3)]}),
+    (128, 4096, "bwd", {"dq d128": [cfg(128, 64, 8, 3)]}, {"dq d128": [cfg(128, 32, 4, 3)]}),
+]
+
+
+def _ab_call(D: int, N: int, call: str):
+    """The benchmark-shaped call ``call`` (25 % padding for the varlen ones) as ``(fn, effective FLOPs)``."""
+    B, H = TOKENS // N, HIDDEN // D
+    bias = -math.log(N)
+    q, k, v = (rand(B, N, H, D, grad=call == "bwd") for _ in range(3))
+    flops = 4 * B * H * N * N * D
+    if call == "dense":
+        return functools.partial(attention, q, k, v, sigmoid_bias=bias), flops
+    if call == "causal":
+        return functools.partial(attention, q, k, v, sigmoid_bias=bias, causal=True), flops / 2
+    if call == "bwd":
+        out = attention(q, k, v, sigmoid_bias=bias)
+        dout = torch.randn_like(out)
+
+        def backward():
+            clear_grads((q, k, v))
+            out.backward(dout, retain_graph=True)
+        return backward, 2.5 * flops
+    lens, flops, seq_lens, cu = padded_lengths(N, D, 0.25, torch.Generator().manual_seed(0))
+    if call == "seq_lens":
+        return functools.partial(attention, q, k, v, sigmoid_bias=bias, seq_lens=seq_lens), flops
+    qp, kp, vp = (rand(int(lens.sum()), H, D, grad=False) for _ in range(3))
+    return functools.partial(attention, qp, kp, vp, sigmoid_bias=bias, cu_seqlens=cu,
+                             max_seqlen=int(lens.max())), flops
+
+
+def ab(reps: int = 4) -> None:
+    """Steady state: ``do_bench`` (back-to-back calls, as a training loop issues them, so the GPU sits at its power
+    limit) of each ``AB`` pair in turns, ``reps`` rounds. ``paired_ms`` times single calls after a flush, at the
+    clocks of a GPU that is not yet power-limited; v9 found that this can reverse a ranking of tiles."""
+    saved = dict(tk.CONFIGS)
+    for D, N, call, a, b in AB:
+        fn, flops = _ab_call(D, N, call)
+        got = {"A": [], "B": []}
+        for _ in range(reps):
+            for name, choice in (("A", a), ("B", b)):
+                for key, tiles in choice.items():
+                    pass_name, size = key.split(" ") if " " in key else ("fwd", key)
+                    tk.CONFIGS[(pass_name, size)] = tiles
+                got[name].append(flops / triton.testing.do_bench(fn, warmup=50, rep=300) / 1e9)
+        tk.CONFIGS.clear()
+        tk.CONFIGS.update(saved)
+        med = {name: sorted(xs)[len(xs) // 2] for name, xs in got.items()}
+        desc = {name: ",".join(f"{key}:{'/'.join(_label(c) for c in tiles)}" for key, tiles in choice.items())
+                for name, choice in (("A", a), ("B", b))}
+        print(f"ab D={D:3d} N={N:5d} {call:14s} A {desc['A']} {' '.join(f'{x:.0f}' for x in got['A'])} | "
+              f"B {desc['B']} {' '.join(f'{x:.0f}' for x in got['B'])} | B/A {med['B'] / med['A']:.3f} "
+              "(TFLOPS, medians)", flush=True)
+        del fn
+        torch.cuda.empty_cache()
 
 def _profile(label: str, fn, calls: int) -> None:
     """Print the mean device time of every kernel that ``calls`` calls of ``fn`` launch (``torch.profiler``)."""
@@ -121,7 +342,7 @@ def use(sweep: dict) -> None:
     """Put a sweep's lists into ``CONFIGS``; a D = 128 forward list also replaces the short and causal classes."""
     tk.CONFIGS.update(sweep)
     if ("fwd", "d128") in sweep:
-        for refined in ("d128-short", "d128-causal"):
+        for refined in ("d128-short", "d128-causal", "d128-ragged"):
             tk.CONFIGS[("fwd", refined)] = sweep[("fwd", "d128")]
     tk._tuned.cache_clear()
 
@@ -234,7 +455,21 @@ def main() -> None:
     parser.add_argument("--dq-pair", action="store_true", help="atomic vs separate dQ backward, paired calls")
     parser.add_argument("--iters", type=int, default=100, help="with --gate: paired calls per variant")
     parser.add_argument("--d128", action="store_true", help="v7: more D = 128 tiles, N = 16384 / 4096 / 1024, causal")
+    parser.add_argument("--ab", action="store_true", help="v9: tile pairs in steady state (do_bench in turns)")
+    parser.add_argument("--bwd-tiles", action="store_true", help="v9: separate-dQ backward tiles, paired calls")
+    parser.add_argument("--shapes", default="128x1024,64x1024,128x4096",
+                        help="with --short-tiles: DxN shapes, comma-separated")
+    parser.add_argument("--short-tiles", action="store_true", help="v9: N = 1024 padded / packed / causal fwd tiles")
     args = parser.parse_args()
+    if args.ab:
+        ab()
+        return
+    if args.bwd_tiles or args.short_tiles:
+        if args.short_tiles:
+            short_tiles(tuple(tuple(int(x) for x in shape.split("x")) for shape in args.shapes.split(",")))
+        if args.bwd_tiles:
+            bwd_tiles()
+        return
     if args.dq_pair:
         dq_pair()
         return

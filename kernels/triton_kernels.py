@@ -745,28 +745,38 @@ CONFIGS = {
     ("fwd", "s16"): [_cfg(16, 16, 2, 1)],
     ("fwd", "s64"): [_cfg(64, 64, 4, 1)],
     ("fwd", "d64"): [_cfg(128, 64, 4, 3)],
-    # sweep of 2026-11-22 (benchmarks/NOTES.md, v3): 128x64 beat 128x128 by 8% at N = 1024 and 16384
+    # sweep of 2026-11-22 (benchmarks/NOTES.md, v3): 128x64 beat 128x128 by 8% at N = 1024 and 16384; v9: 64-row tiles
+    # of 4 warps win single calls after an idle gap but lose 4-6 % in back-to-back calls (the GPU at its power
+    # limit, as in training): D = 128 N = 16384 0.955 x, D = 64 0.940 x, D = 128 N = 1024 (128x32) 0.953 x
     ("fwd", "d128"): [_cfg(128, 64, 8, 3)],
-    # v7 sweep (NOTES.md): sequences of at most 1024 tokens, 128x32 x 4 warps 0.289 vs 0.305 ms at N = 1024;
-    # causal up to 4096 tokens, 64x64 x 4 warps (finer steps along the diagonal) 0.200 vs 0.221 ms at N = 1024
+    # v7 sweep: sequences of at most 1024 tokens, 128x32 x 4 warps 0.289 vs 0.305 ms at N = 1024
     ("fwd", "d128-short"): [_cfg(128, 32, 4, 3)],
-    ("fwd", "d128-causal"): [_cfg(64, 64, 4, 3)],
+    # v9, back-to-back calls (``sweep.py --ab``): a ragged last tile (padded or packed sequences of at most 1024
+    # tokens) or a triangular one (causal, up to 4096) wastes less as 64x32: N = 1024 seq_lens 1.02 x and
+    # cu_seqlens + max_seqlen 1.10 x the speed of 128x32, causal 1.05 x (N = 4096: 1.02 x) that of 64x64
+    ("fwd", "d128-ragged"): [_cfg(64, 32, 4, 3)],
+    ("fwd", "d128-causal"): [_cfg(64, 32, 4, 3)],
+    ("fwd", "d64-causal"): [_cfg(64, 64, 4, 3)],  # v9, back-to-back: 1.07 x the speed of 128x64 (causal, N = 1024)
     ("fwd", "d256"): [_cfg(64, 64, 4, 2)],
     ("dkdv", "s16"): [_cfg(16, 16, 2, 1)],
     ("dkdv", "s64"): [_cfg(64, 64, 4, 1)],
-    # autotuned: v0's list beat one (64, 128, 8, 2) at D=64 (272 vs 223 TFLOPS, N=1024); 128x128 won the v3 sweep
-    ("dkdv", "d64"): [_cfg(64, 64, 4, 3), _cfg(32, 128, 4, 3), _cfg(64, 128, 8, 2), _cfg(128, 128, 8, 2)],
+    # v9 sweep of the separate-dQ backward (paired, NOTES.md): 128x64 x 4 warps beat v0's autotuned list, whose best
+    # member (64x64) took 1.05 x / 1.03 x its time at N = 16384 / 1024
+    ("dkdv", "d64"): [_cfg(128, 64, 4, 3)],
     ("dkdv", "d128"): [_cfg(64, 128, 8, 3)],  # three stages: 13.3 vs 16.8 ms at N = 16384 (v3 sweep)
     ("dkdv", "d256"): [_cfg(32, 64, 4, 1)],
     ("dq", "s16"): [_cfg(16, 16, 2, 1)],
     ("dq", "s64"): [_cfg(64, 64, 4, 1)],
-    ("dq", "d64"): [_cfg(128, 64, 8, 2)],
+    ("dq", "d64"): [_cfg(128, 64, 4, 3)],  # v9: 0.99 x / 0.94 x the time of 128x64 x 8 warps (N = 16384 / 1024)
     ("dq", "d128"): [_cfg(128, 64, 8, 3)],
     ("dq", "d256"): [_cfg(64, 32, 4, 1)],
     # float32 tiles take twice the shared memory: the 16-bit d128 choices need 256-448 KB, over the 227 KB limit
     ("fwd", "d128-f32"): [_cfg(64, 64, 4, 2)],
     ("dkdv", "d128-f32"): [_cfg(32, 64, 4, 1)],
     ("dq", "d128-f32"): [_cfg(64, 32, 4, 1)],
+    # 128-query steps of float32 q and dO in three stages would need ~230 KB at D = 64: the v0 tiles for float32
+    ("dkdv", "d64-f32"): [_cfg(64, 64, 4, 3)],
+    ("dq", "d64-f32"): [_cfg(128, 64, 8, 2)],
 }
 # The interpreter runs one small, non-square tile everywhere: several tiles per test sequence, cheap to emulate.
 INTERPRET_BLOCKS = {"fwd": (32, 16), "dkdv": (16, 32), "dq": (32, 16)}
@@ -782,8 +792,8 @@ def _tuned(pass_name: str, size: str):
     return triton.autotune(CONFIGS[(pass_name, size)], key=keys, reset_to_zero=reset)(kernel)
 
 
-def _size_class(pass_name: str, block_d: int, max_len: int, fp32: bool, causal: bool) -> str:
-    """The ``CONFIGS`` class of a launch: head dim after padding, then length (and causality) refinements."""
+def _size_class(pass_name: str, block_d: int, max_len: int, fp32: bool, causal: bool, varlen: bool = False) -> str:
+    """The ``CONFIGS`` class of a launch: head dim after padding, then length, causality and padding refinements."""
     size = "d64" if block_d <= 64 else "d128" if block_d <= 128 else "d256"
     if max_len <= 64 and block_d <= 64:
         size = "s16" if max_len <= 16 else "s64"
@@ -792,8 +802,10 @@ def _size_class(pass_name: str, block_d: int, max_len: int, fp32: bool, causal: 
     if pass_name == "fwd" and size == "d128":
         if causal and max_len <= 4096:
             return "d128-causal"
-        if not causal and max_len <= 1024:
-            return "d128-short"
+        if max_len <= 1024:
+            return "d128-ragged" if varlen else "d128-short"
+    if pass_name == "fwd" and size == "d64" and causal and max_len <= 1024:
+        return "d64-causal"
     return size
 
 
@@ -804,7 +816,7 @@ def _launch(pass_name: str, grid_rows: int, groups: int, block_d: int, max_len: 
         tile = bn if pass_name == "dkdv" else bm
         _KERNELS[pass_name][(triton.cdiv(grid_rows, tile) * groups,)](BLOCK_M=bm, BLOCK_N=bn, **kwargs)
         return
-    size = _size_class(pass_name, block_d, max_len, fp32, bool(kwargs.get("CAUSAL")))
+    size = _size_class(pass_name, block_d, max_len, fp32, bool(kwargs.get("CAUSAL")), bool(kwargs.get("VARLEN")))
     axis = "BLOCK_N" if pass_name == "dkdv" else "BLOCK_M"
     configs = CONFIGS[(pass_name, size)]
     if not AUTOTUNE or len(configs) == 1:
