@@ -220,6 +220,41 @@ def test_backward_dq_modes_agree(mode, monkeypatch):
     check(CASES["combo_softmax"], torch.float32)
 
 
+def test_every_launch_class_has_a_tile():
+    """Every tile class the GPU launcher can pick (``_size_class``) names an entry of ``CONFIGS``: the interpreter
+    runs ``INTERPRET_BLOCKS`` and never reaches this lookup, so a class without a tile would fail only on a GPU."""
+    for pass_name in ("fwd", "dkdv", "dq"):
+        for block_d in (16, 32, 64, 128, 256):
+            for max_len in (1, 16, 17, 64, 65, 1024, 1025, 4096, 4097, 16384):
+                for fp32 in (False, True):
+                    for causal in (False, True):
+                        for varlen in (False, True):
+                            size = tk._size_class(pass_name, block_d, max_len, fp32, causal, varlen)
+                            tiles = tk.CONFIGS[(pass_name, size)]
+                            assert tiles, (pass_name, size)
+                            for c in tiles:
+                                assert {c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]} <= {16, 32, 64, 128}, (size, c)
+
+
+@pytest.mark.parametrize(("args", "size"), [
+    (("fwd", 128, 1024, False, False, False), "d128-short"),
+    (("fwd", 128, 1024, False, False, True), "d128-ragged"),
+    (("fwd", 128, 1025, False, False, True), "d128"),
+    (("fwd", 128, 4096, False, True, False), "d128-causal"),
+    (("fwd", 128, 4097, False, True, False), "d128"),
+    (("fwd", 64, 1024, False, True, False), "d64-causal"),
+    (("fwd", 64, 1024, False, False, True), "d64"),
+    (("fwd", 128, 1024, True, True, True), "d128-f32"),
+    (("dkdv", 64, 16384, True, False, False), "d64-f32"),
+    (("dq", 64, 16384, False, False, False), "d64"),
+    (("dkdv", 32, 16, False, False, False), "s16"),
+])
+def test_launch_class_routing(args, size):
+    """The routing that ``benchmarks/NOTES.md`` (v7, v9) chose: short, ragged and causal refinements of D = 128 and
+    D = 64, float32 classes for the tiles that would overflow shared memory, the small-window classes."""
+    assert tk._size_class(*args) == size
+
+
 def test_unsupported_falls_back():
     q = torch.randn(1, 4, 2, 16, dtype=torch.float64, device=DEVICE)
     with pytest.raises(ValueError, match="float64"):
