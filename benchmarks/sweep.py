@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import functools
 import math
 import re
@@ -84,141 +85,95 @@ def _label(c: triton.Config) -> str:
     return f"{c.kwargs['BLOCK_M']}x{c.kwargs['BLOCK_N']}w{c.num_warps}s{c.num_stages}"
 
 
-def _backward_with(choice: dict, size: str, out: torch.Tensor, dout: torch.Tensor) -> None:
-    for pass_name, c in choice.items():
-        tk.CONFIGS[(pass_name, size)] = [c]
+@contextlib.contextmanager
+def _tiles_restored():
+    """Run a block that rewrites ``triton_kernels.CONFIGS``; the production tiles are back afterwards. Yields them."""
+    saved = dict(tk.CONFIGS)
+    try:
+        yield saved
+    finally:
+        tk.CONFIGS.clear()
+        tk.CONFIGS.update(saved)
+
+
+def _backward_with(tiles: dict, out: torch.Tensor, dout: torch.Tensor) -> None:
+    tk.CONFIGS.update(tiles)
     out.backward(dout, retain_graph=True)
 
 
 def bwd_tiles(shapes=((128, 16384), (128, 4096), (128, 1024), (64, 16384), (64, 1024)), iters: int = 20) -> None:
     """Separate-dQ backward with each ``BWD_TILES`` alternative for one pass (the other pass on its production tile),
     in paired calls against production; every variant's gradients are checked against production's first."""
-    saved, mode = dict(tk.CONFIGS), tk.BWD_DQ_MODE
+    mode = tk.BWD_DQ_MODE
     tk.BWD_DQ_MODE = "separate"
-    for D, N in shapes:
-        B, H = TOKENS // N, HIDDEN // D
-        q, k, v = (rand(B, N, H, D) for _ in range(3))
-        out = attention(q, k, v, sigmoid_bias=-math.log(N))
-        dout = torch.randn_like(out)
-        size = tk._size_class("dkdv", D, N, False, False)
-        base = {p: BWD_TILES[D][p][0] for p in ("dkdv", "dq")}
-        clear = functools.partial(clear_grads, (q, k, v))
-        variants, ref = {}, None
-        for pass_name in ("dkdv", "dq"):
-            for i, c in enumerate(BWD_TILES[D][pass_name]):
-                if pass_name == "dq" and i == 0:
-                    continue  # production with production: the dkdv list's first entry
-                fn = functools.partial(_backward_with, {**base, pass_name: c}, size, out, dout)
-                try:
-                    clear()
-                    fn()
-                    torch.cuda.synchronize()
-                except Exception as e:  # a tile over the shared-memory or register limit: report and go on
-                    print(f"bwd D={D} N={N} {pass_name} {_label(c)}: {type(e).__name__} {str(e)[:80]}", flush=True)
-                    continue
-                grads = [x.grad.float() for x in (q, k, v)]
-                ref = grads if ref is None else ref
-                err = max((a - b).abs().max().item() for a, b in zip(grads, ref))
-                variants[f"{pass_name} {_label(c)}"] = (fn, err)
-        t = paired_ms({name: fn for name, (fn, _) in variants.items()}, iters,
-                      prepare=dict.fromkeys(variants, clear))
-        flops = 2.5 * 4 * B * H * N * N * D
-        for i, (name, (_, err)) in enumerate(variants.items()):
-            med, lo, hi = quartiles(t[i] / t[0])
-            print(f"bwd D={D:3d} N={N:5d} {name:20s} {flops / t[i].median().item() / 1e9:6.1f} TFLOPS (2.5x credit)  "
-                  f"time / production {med:.3f} [{lo:.3f}, {hi:.3f}]  max|grad - production| {err:.2e}", flush=True)
-        del q, k, v, out, dout, variants
-        torch.cuda.empty_cache()
-    tk.CONFIGS.clear()
-    tk.CONFIGS.update(saved)
+    with _tiles_restored():
+        for D, N in shapes:
+            B, H = TOKENS // N, HIDDEN // D
+            q, k, v = (rand(B, N, H, D) for _ in range(3))
+            out = attention(q, k, v, sigmoid_bias=-math.log(N))
+            dout = torch.randn_like(out)
+            size = tk._size_class("dkdv", D, N, False, False)
+            base = {(p, size): [BWD_TILES[D][p][0]] for p in ("dkdv", "dq")}
+            clear = functools.partial(clear_grads, (q, k, v))
+            variants, ref = {}, None
+            for pass_name in ("dkdv", "dq"):
+                for i, c in enumerate(BWD_TILES[D][pass_name]):
+                    if pass_name == "dq" and i == 0:
+                        continue  # production with production: the dkdv list's first entry
+                    fn = functools.partial(_backward_with, {**base, (pass_name, size): [c]}, out, dout)
+                    try:
+                        clear()
+                        fn()
+                        torch.cuda.synchronize()
+                    except Exception as e:  # a tile over the shared-memory or register limit: report and go on
+                        print(f"bwd D={D} N={N} {pass_name} {_label(c)}: {type(e).__name__} {str(e)[:80]}",
+                              flush=True)
+                        continue
+                    grads = [x.grad.float() for x in (q, k, v)]
+                    ref = grads if ref is None else ref
+                    err = max((a - b).abs().max().item() for a, b in zip(grads, ref))
+                    variants[f"{pass_name} {_label(c)}"] = (fn, err)
+            t = paired_ms({name: fn for name, (fn, _) in variants.items()}, iters,
+                          prepare=dict.fromkeys(variants, clear))
+            flops = 2.5 * 4 * B * H * N * N * D
+            for i, (name, (_, err)) in enumerate(variants.items()):
+                med, lo, hi = quartiles(t[i] / t[0])
+                print(f"bwd D={D:3d} N={N:5d} {name:20s} {flops / t[i].median().item() / 1e9:6.1f} TFLOPS (2.5x "
+                      f"credit)  time / production {med:.3f} [{lo:.3f}, {hi:.3f}]  max|grad - production| {err:.2e}",
+                      flush=True)
+            del q, k, v, out, dout, variants
+            torch.cuda.empty_cache()
     tk.BWD_DQ_MODE = mode
 
 
-def _graph_with(size: str, c: triton.Config, fn) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
-    tk.CONFIGS[("fwd", size)] = [c]
-    fn()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = fn()
-    return graph, out
-
-
-def short_tiles(shapes=((128, 1024), (64, 1024), (128, 4096)), iters: int = 100) -> None:
-    """Forwards replayed from CUDA graphs in paired calls, per shape: dense on its production tile against dense,
-    25 % padding (``seq_lens``; ``cu_seqlens`` + ``max_seqlen``) and causal under each ``SHORT_TILES`` alternative.
-    Prints padded / dense effective TFLOPS (target ≥ 0.9), causal / dense time (target ≤ 0.6) and each output's
-    max |difference| from the same call on its production tile."""
-    saved = dict(tk.CONFIGS)
-    for D, N in shapes:
-        B, H = TOKENS // N, HIDDEN // D
-        gen = torch.Generator().manual_seed(0)
-        bias = -math.log(N)
-        q, k, v = (rand(B, N, H, D, grad=False) for _ in range(3))
-        flops0 = 4 * B * H * N * N * D
-        lens, flops, seq_lens, cu = padded_lengths(N, D, 0.25, gen)
-        qp, kp, vp = (rand(int(lens.sum()), H, D, grad=False) for _ in range(3))
-        cases = {  # name: (size class the launcher picks, call, effective FLOPs)
-            "dense": (tk._size_class("fwd", D, N, False, False), functools.partial(attention, q, k, v,
-                                                                                 sigmoid_bias=bias), flops0),
-            "seq_lens": (tk._size_class("fwd", D, N, False, False, True),
-                         functools.partial(attention, q, k, v, sigmoid_bias=bias, seq_lens=seq_lens), flops),
-            "cu_seqlens+max": (tk._size_class("fwd", D, N, False, False, True),
-                               functools.partial(attention, qp, kp, vp, sigmoid_bias=bias, cu_seqlens=cu,
-                                                 max_seqlen=int(lens.max())), flops),
-            "causal": (tk._size_class("fwd", D, N, False, True),
-                       functools.partial(attention, q, k, v, sigmoid_bias=bias, causal=True), flops0 / 2)}
-        with torch.no_grad():
-            ref = {name: fn() for name, (_, fn, _) in cases.items()}  # production tiles
-            prod = {name: saved[("fwd", size)][0] for name, (size, _, _) in cases.items()}
-            graphs = {("dense", "production"): _graph_with(cases["dense"][0], prod["dense"], cases["dense"][1])}
-            for c in SHORT_TILES:
-                for name, (size, fn, _) in cases.items():
-                    try:
-                        graphs[name, _label(c)] = _graph_with(size, c, fn)
-                    except Exception as e:  # over a resource limit: report and go on
-                        print(f"short D={D} N={N} {name} {_label(c)}: {type(e).__name__} {str(e)[:80]}", flush=True)
-            t = paired_ms({key: g.replay for key, (g, _) in graphs.items()}, iters)
-        for i, ((name, tile), (_, out)) in enumerate(graphs.items()):
-            f = cases[name][2]
-            if name == "causal":
-                med, lo, hi = quartiles(t[i] / t[0])
-                what = f"causal / dense time {med:.3f} [{lo:.3f}, {hi:.3f}]"
-            else:
-                med, lo, hi = quartiles(f / t[i] / (flops0 / t[0]))
-                what = f"effective TFLOPS / dense {med:.3f} [{lo:.3f}, {hi:.3f}]"
-            err = (out.float() - ref[name].float()).abs().max().item()
-            mark = " (production)" if tile == "production" or tile == _label(prod[name]) else ""
-            print(f"short D={D:3d} N={N:5d} {name:14s} {tile:11s} {t[i].median().item():.4f} ms "
-                  f"{f / t[i].median().item() / 1e9:6.1f} TFLOPS  {what}  max|out - production| {err:.1e}{mark} "
-                  f"({iters} paired replays)", flush=True)
-        tk.CONFIGS.clear()
-        tk.CONFIGS.update(saved)
-        del q, k, v, qp, kp, vp, graphs, ref
-        torch.cuda.empty_cache()
-
-# v9: steady-state A/B of tile choices (``--ab``): (D, N, call, {class: tiles} for A, {class: tiles} for B); the class
-# must be the one the launcher picks for the call (``triton_kernels._size_class``), or A and B run the same tile
+# v9: steady-state A/B of tile choices (``--ab``): (D, N, call, {(pass, class): tiles} for A, the same for B); the
+# class must be the one the launcher picks for the call (``triton_kernels._size_class``), or A and B run one tile
 AB = [
-    (128, 16384, "dense", {"d128": [cfg(128, 64, 8, 3)]}, {"d128": [cfg(64, 64, 4, 3)]}),
-    (64, 16384, "dense", {"d64": [cfg(128, 64, 4, 3)]}, {"d64": [cfg(64, 64, 4, 3)]}),
-    (128, 1024, "dense", {"d128-short": [cfg(128, 32, 4, 3)]}, {"d128-short": [cfg(64, 32, 4, 3)]}),
-    (128, 1024, "seq_lens", {"d128-ragged": [cfg(128, 32, 4, 3)]}, {"d128-ragged": [cfg(64, 32, 4, 3)]}),
-    (128, 1024, "cu_seqlens+max", {"d128-ragged": [cfg(128, 32, 4, 3)]}, {"d128-ragged": [cfg(64, 32, 4, 3)]}),
-    (128, 1024, "causal", {"d128-causal": [cfg(64, 64, 4, 3)]}, {"d128-causal": [cfg(64, 32, 4, 3)]}),
-    (128, 4096, "causal", {"d128-causal": [cfg(64, 64, 4, 3)]}, {"d128-causal": [cfg(64, 32, 4, 3)]}),
-    (64, 1024, "dense", {"d64": [cfg(128, 64, 4, 3)]}, {"d64": [cfg(64, 64, 4, 3)]}),
-    (64, 1024, "causal", {"d64-causal": [cfg(128, 64, 4, 3)]}, {"d64-causal": [cfg(64, 64, 4, 3)]}),
-    (64, 1024, "bwd", {"dkdv d64": [cfg(64, 64, 4, 3)], "dq d64": [cfg(128, 64, 8, 2)]},
-     {"dkdv d64": [cfg(128, 64, 4, 3)], "dq d64": [cfg(128, 64, 4, 3)]}),
-    (64, 16384, "bwd", {"dkdv d64": [cfg(64, 64, 4, 3)], "dq d64": [cfg(128, 64, 8, 2)]},
-     {"dkdv d64": [cfg(128, 64, 4, 3)], "dq d64": [cfg(128, 64, 4, 3)]}),
-    (128, 4096, "bwd", {"dq d128": [cfg(128, 64, 8, 3)]}, {"dq d128": [cfg(128, 32, 4, 3)]}),
+    (128, 16384, "dense", {("fwd", "d128"): [cfg(128, 64, 8, 3)]}, {("fwd", "d128"): [cfg(64, 64, 4, 3)]}),
+    (64, 16384, "dense", {("fwd", "d64"): [cfg(128, 64, 4, 3)]}, {("fwd", "d64"): [cfg(64, 64, 4, 3)]}),
+    (128, 1024, "dense", {("fwd", "d128-short"): [cfg(128, 32, 4, 3)]}, {("fwd", "d128-short"): [cfg(64, 32, 4, 3)]}),
+    (128, 1024, "seq_lens", {("fwd", "d128-ragged"): [cfg(128, 32, 4, 3)]},
+     {("fwd", "d128-ragged"): [cfg(64, 32, 4, 3)]}),
+    (128, 1024, "cu_seqlens+max", {("fwd", "d128-ragged"): [cfg(128, 32, 4, 3)]},
+     {("fwd", "d128-ragged"): [cfg(64, 32, 4, 3)]}),
+    (128, 1024, "causal", {("fwd", "d128-causal"): [cfg(64, 64, 4, 3)]}, {("fwd", "d128-causal"): [cfg(64, 32, 4, 3)]}),
+    (128, 4096, "causal", {("fwd", "d128-causal"): [cfg(64, 64, 4, 3)]}, {("fwd", "d128-causal"): [cfg(64, 32, 4, 3)]}),
+    (64, 1024, "dense", {("fwd", "d64"): [cfg(128, 64, 4, 3)]}, {("fwd", "d64"): [cfg(64, 64, 4, 3)]}),
+    (64, 1024, "causal", {("fwd", "d64-causal"): [cfg(128, 64, 4, 3)]}, {("fwd", "d64-causal"): [cfg(64, 64, 4, 3)]}),
+    (64, 1024, "bwd", {("dkdv", "d64"): [cfg(64, 64, 4, 3)], ("dq", "d64"): [cfg(128, 64, 8, 2)]},
+     {("dkdv", "d64"): [cfg(128, 64, 4, 3)], ("dq", "d64"): [cfg(128, 64, 4, 3)]}),
+    (64, 16384, "bwd", {("dkdv", "d64"): [cfg(64, 64, 4, 3)], ("dq", "d64"): [cfg(128, 64, 8, 2)]},
+     {("dkdv", "d64"): [cfg(128, 64, 4, 3)], ("dq", "d64"): [cfg(128, 64, 4, 3)]}),
+    (128, 4096, "bwd", {("dq", "d128"): [cfg(128, 64, 8, 3)]}, {("dq", "d128"): [cfg(128, 32, 4, 3)]}),
 ]
+# the forward calls: (causal, varlen) of each, which with D and N give the launcher's tile class
+FWD_CALLS = {"dense": (False, False), "seq_lens": (False, True), "cu_seqlens+max": (False, True),
+             "causal": (True, False)}
 
 
-def _ab_call(D: int, N: int, call: str):
-    """The benchmark-shaped call ``call`` (25 % padding for the varlen ones) as ``(fn, effective FLOPs)``."""
+def _call(D: int, N: int, call: str):
+    """The benchmark-shaped call ``call`` (a ``FWD_CALLS`` name, 25 % padding for the varlen ones, or ``"bwd"``: the
+    dense backward of one retained graph) as ``(fn, effective FLOPs)``."""
     B, H = TOKENS // N, HIDDEN // D
     bias = -math.log(N)
     q, k, v = (rand(B, N, H, D, grad=call == "bwd") for _ in range(3))
@@ -243,25 +198,68 @@ def _ab_call(D: int, N: int, call: str):
                              max_seqlen=int(lens.max())), flops
 
 
+def _graph_with(size: str, c: triton.Config, fn) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    tk.CONFIGS[("fwd", size)] = [c]
+    fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph, out
+
+
+def short_tiles(shapes=((128, 1024), (64, 1024), (128, 4096)), iters: int = 100) -> None:
+    """Forwards replayed from CUDA graphs in paired calls, per shape: dense on its production tile against each
+    ``FWD_CALLS`` call (dense, 25 % padding as ``seq_lens`` and as ``cu_seqlens`` + ``max_seqlen``, causal) under each
+    ``SHORT_TILES`` alternative. Prints padded / dense effective TFLOPS (target ≥ 0.9), causal / dense time (target
+    ≤ 0.6) and each output's max |difference| from the same call on its production tile."""
+    for D, N in shapes:
+        with torch.no_grad(), _tiles_restored() as prod_tiles:
+            cases = {name: (tk._size_class("fwd", D, N, False, causal, varlen), *_call(D, N, name))
+                     for name, (causal, varlen) in FWD_CALLS.items()}  # name: (tile class, call, effective FLOPs)
+            flops0 = cases["dense"][2]
+            ref = {name: fn() for name, (_, fn, _) in cases.items()}  # production tiles
+            prod = {name: prod_tiles[("fwd", size)][0] for name, (size, _, _) in cases.items()}
+            graphs = {("dense", "production"): _graph_with(cases["dense"][0], prod["dense"], cases["dense"][1])}
+            for c in SHORT_TILES:
+                for name, (size, fn, _) in cases.items():
+                    try:
+                        graphs[name, _label(c)] = _graph_with(size, c, fn)
+                    except Exception as e:  # over a resource limit: report and go on
+                        print(f"short D={D} N={N} {name} {_label(c)}: {type(e).__name__} {str(e)[:80]}", flush=True)
+            t = paired_ms({key: g.replay for key, (g, _) in graphs.items()}, iters)
+        for i, ((name, tile), (_, out)) in enumerate(graphs.items()):
+            f = cases[name][2]
+            if name == "causal":
+                med, lo, hi = quartiles(t[i] / t[0])
+                what = f"causal / dense time {med:.3f} [{lo:.3f}, {hi:.3f}]"
+            else:
+                med, lo, hi = quartiles(f / t[i] / (flops0 / t[0]))
+                what = f"effective TFLOPS / dense {med:.3f} [{lo:.3f}, {hi:.3f}]"
+            err = (out.float() - ref[name].float()).abs().max().item()
+            mark = " (production)" if tile == "production" or tile == _label(prod[name]) else ""
+            print(f"short D={D:3d} N={N:5d} {name:14s} {tile:11s} {t[i].median().item():.4f} ms "
+                  f"{f / t[i].median().item() / 1e9:6.1f} TFLOPS  {what}  max|out - production| {err:.1e}{mark} "
+                  f"({iters} paired replays)", flush=True)
+        del cases, graphs, ref
+        torch.cuda.empty_cache()
+
+
 def ab(reps: int = 4) -> None:
     """Steady state: ``do_bench`` (back-to-back calls, as a training loop issues them, so the GPU sits at its power
     limit) of each ``AB`` pair in turns, ``reps`` rounds. ``paired_ms`` times single calls after a flush, at the
     clocks of a GPU that is not yet power-limited; v9 found that this can reverse a ranking of tiles."""
-    saved = dict(tk.CONFIGS)
     for D, N, call, a, b in AB:
-        fn, flops = _ab_call(D, N, call)
+        fn, flops = _call(D, N, call)
         got = {"A": [], "B": []}
-        for _ in range(reps):
-            for name, choice in (("A", a), ("B", b)):
-                for key, tiles in choice.items():
-                    pass_name, size = key.split(" ") if " " in key else ("fwd", key)
-                    tk.CONFIGS[(pass_name, size)] = tiles
-                got[name].append(flops / triton.testing.do_bench(fn, warmup=50, rep=300) / 1e9)
-        tk.CONFIGS.clear()
-        tk.CONFIGS.update(saved)
+        with _tiles_restored():
+            for _ in range(reps):
+                for name, tiles in (("A", a), ("B", b)):
+                    tk.CONFIGS.update(tiles)
+                    got[name].append(flops / triton.testing.do_bench(fn, warmup=50, rep=300) / 1e9)
         med = {name: sorted(xs)[len(xs) // 2] for name, xs in got.items()}
-        desc = {name: ",".join(f"{key}:{'/'.join(_label(c) for c in tiles)}" for key, tiles in choice.items())
-                for name, choice in (("A", a), ("B", b))}
+        desc = {name: ",".join(f"{p} {s}:{'/'.join(_label(c) for c in cs)}" for (p, s), cs in tiles.items())
+                for name, tiles in (("A", a), ("B", b))}
         print(f"ab D={D:3d} N={N:5d} {call:14s} A {desc['A']} {' '.join(f'{x:.0f}' for x in got['A'])} | "
               f"B {desc['B']} {' '.join(f'{x:.0f}' for x in got['B'])} | B/A {med['B'] / med['A']:.3f} "
               "(TFLOPS, medians)", flush=True)
