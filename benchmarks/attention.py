@@ -11,6 +11,7 @@ Usage::
     python benchmarks/attention.py --quick         # a few shapes, prints only
     python benchmarks/attention.py --launch-check  # short rows eager / graphed / host, N = 1024 padding (paired)
     python benchmarks/attention.py --padding-check # the 25 % padding ratios from paired calls, N = 16384 and 1024
+    python benchmarks/attention.py --softmax-check # gatedzoo softmax vs its sigmoid vs SDPA softmax (prints)
 
 Ratios that decide a target (gate overhead, padding) come from ``paired_ms``: single calls alternated in ABBA
 order, so the drift of a long run (several % on an H100) cancels; see ``benchmarks/NOTES.md`` (v8).
@@ -481,6 +482,44 @@ def padding_check(iters: int = 50) -> None:
         torch.cuda.empty_cache()
 
 
+def _with_sigmoid_mode(mode, q, k, v, **kwargs):
+    """``attention`` with ``triton_kernels.FAST_SIGMOID = mode`` (the backward reads it again: time them together)."""
+    tk.FAST_SIGMOID = mode
+    return attention(q, k, v, **kwargs)
+
+
+def softmax_check(Ns=(1024, 8192, 16384), Ds=(64, 128)) -> None:
+    """gatedzoo's softmax against its sigmoid (each formula of ``FAST_SIGMOID``) and against SDPA's softmax
+    kernels, dense and with full ``seq_lens`` (the single-cell models pass ``seq_lens``), at the benchmark's 16,384
+    tokens x hidden 2048; then the registers and spills of every kernel compiled. Prints only."""
+    for D in Ds:
+        for N in Ns:
+            B, H = TOKENS // N, HIDDEN // D
+            q, k, v = rand(B, N, H, D), rand(B, N, H, D), rand(B, N, H, D)
+            lens = torch.full((B,), N, dtype=torch.int32, device="cuda")
+            flops = 4 * B * H * N * N * D
+            fns = {}
+            for act, mode in (("sigmoid", 1), ("sigmoid", 2), ("sigmoid", 0), ("softmax", 1)):
+                name = f"gatedzoo-{act}" + (f"-fast{mode}" if act == "sigmoid" else "")
+                fns[name] = (functools.partial(_with_sigmoid_mode, mode, activation=act), (q, k, v))
+                if mode == 1:
+                    fns[f"{name}-seq_lens"] = (
+                        functools.partial(_with_sigmoid_mode, mode, activation=act, seq_lens=lens), (q, k, v))
+            qt, kt, vt = (rand(B, H, N, D) for _ in range(3))
+            for name, backend in (("sdpa-flash", SDPBackend.FLASH_ATTENTION),
+                                  ("sdpa-cudnn", SDPBackend.CUDNN_ATTENTION)):
+                fns[name] = (functools.partial(_sdpa, backend, mask=None), (qt, kt, vt))
+            for name, (fn, inputs) in fns.items():
+                f, b = fwd_bwd_ms(fn, inputs)
+                print(f"{name:34s} D={D:3d} N={N:5d} fwd {flops / f / 1e9:6.1f} bwd {2.5 * flops / b / 1e9:6.1f} "
+                      f"TFLOPS ({f:.3f} / {b:.3f} ms)", flush=True)
+            torch.cuda.empty_cache()
+    tk.FAST_SIGMOID = 1
+    from sweep import registers  # sweep imports this module: import it late
+
+    registers()
+
+
 def clear_grads(inputs) -> None:
     """Drop the inputs' ``.grad`` before a timed backward (as ``do_bench``'s ``grad_to_none``), so that the call
     writes fresh gradients instead of adding into the last ones."""
@@ -525,6 +564,7 @@ def main() -> None:
     parser.add_argument("--launch-check", action="store_true", help="causal vs non-causal: eager, graphed, host")
     parser.add_argument("--host-profile", action="store_true", help="cProfile of eager forward + backward calls")
     parser.add_argument("--padding-check", action="store_true", help="padding / dense, paired calls")
+    parser.add_argument("--softmax-check", action="store_true", help="gatedzoo softmax vs sigmoid vs SDPA softmax")
     parser.add_argument("--dq-mode", default=tk.BWD_DQ_MODE, choices=["atomic", "separate"])
     args = parser.parse_args()
     tk.BWD_DQ_MODE = args.dq_mode
@@ -535,11 +575,15 @@ def main() -> None:
         device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
         triton_sigmoid=getattr(triton_sigmoid, "__version__", "0.1.2" if triton_sigmoid else "not installed"),
         date=datetime.date.today().isoformat(), command="python " + " ".join(sys.argv), dq_mode=args.dq_mode,
-        sigmoid="tanh.approx for bf16" if tk.FAST_SIGMOID else "exp2 + IEEE division",
+        sigmoid={1: "tanh.approx for bf16", 2: "exp2 + rcp.approx for bf16"}.get(tk.FAST_SIGMOID,
+                                                                              "exp2 + IEEE division"),
         configs={f"{p}/{s}": [str(c) for c in cs] for (p, s), cs in tk.CONFIGS.items()}, **ceil,
     )
     if args.padding_check:
         padding_check()
+        return
+    if args.softmax_check:
+        softmax_check()
         return
     if args.launch_check or args.host_profile:
         launch_rows() if args.launch_check else host_profile()

@@ -158,12 +158,15 @@ def gpu(args) -> None:
     print(json.dumps(info), flush=True)
     amp = device.type == "cuda"
     if args.step_time_only:
-        # the study's two step-time figures again, each activation timed 4 times in ABBA order on a fixed batch:
-        # base on 16 padding-heavy cells of up to 2,048 genes; small on 64 cells of up to 512 genes (the study's size)
+        # the step-time figures again, each activation timed 4 times in ABBA order on a fixed batch: base on 16
+        # padding-heavy cells of up to 2,048 genes; small on 64 cells of up to 512 genes (the study's size); large on
+        # the stress test's batch of 8,192-token cells
         info["step_time_base"] = step_time_base(cells, vocab_size, device, amp, args.tiny, repeats=4)
         info["step_time_small"] = step_time_base(cells, vocab_size, device, amp, args.tiny, size="small",
                                                  max_genes=512, n_cells=64, backends=("auto",), repeats=4)
-        for key in ("step_time_base", "step_time_small"):
+        info["step_time_large"] = step_time_stress(cells, vocab_size, device, amp, args.tiny,
+                                                   batch_size=args.stress_batch)
+        for key in ("step_time_base", "step_time_small", "step_time_large"):
             print(json.dumps(info[key]), flush=True)
         info["total_s"] = time.time() - t_start
         (out / "log.json").write_text(json.dumps(info, indent=1))
@@ -224,10 +227,7 @@ def gpu(args) -> None:
 def step_time_base(cells, vocab_size, device, amp, tiny, size: str = "base", max_genes: int = 2048,
                    n_cells: int = 16, backends=("auto", "reference"), repeats: int = 1) -> dict:
     """Median step time of ``scfm_<act>_<size>`` (default ``base``) on ``n_cells`` real cells of up to
-    ``max_genes`` genes, picked evenly along the length order (padding-heavy). ``repeats`` > 1 times each activation
-    that many times in ABBA order (sigmoid, softmax, softmax, sigmoid, ...), each time a fresh model, and takes the
-    median over all timed steps, so that drift of the GPU's clocks between the two activations cancels."""
-    import gatedzoo
+    ``max_genes`` genes, picked evenly along the length order (padding-heavy); see :func:`time_activations`."""
     from gatedzoo.data.singlecell import CellDataset, collate_cells
 
     if device.type != "cuda" and not tiny:
@@ -238,8 +238,29 @@ def step_time_base(cells, vocab_size, device, amp, tiny, size: str = "base", max
     size, max_genes = ("tiny", 64) if tiny else (size, max_genes)
     batch = collate_cells([ds[i] for i in range(len(ds))], max_genes=max_genes, mask_ratio=0.15, mask_bin=51,
                           sample=False, generator=rng)
-    res = {"size": size, "cells": len(ds), "max_len": int(batch["seq_lens"].max()) + 1, "repeats": repeats,
-           "padding_fraction": float(1 - (batch["seq_lens"].float() + 1).mean() / (batch["seq_lens"].max() + 1))}
+    return time_activations(batch, vocab_size, device, amp, tiny, size, backends, repeats)
+
+
+def step_time_stress(cells, vocab_size, device, amp, tiny, batch_size: int = 2, repeats: int = 4) -> dict:
+    """Median step time of ``scfm_<act>_large`` on one fixed batch of the stress test's 8,192-token cells (no
+    padding: every cell carries the whole gene panel), ABBA repeats; see :func:`time_activations`."""
+    if device.type != "cuda" and not tiny:
+        return {}
+    full = _stress_batches(cells, vocab_size, 64 if tiny else STRESS_LEN, 1 if tiny else batch_size,
+                           np.random.default_rng(0))
+    return time_activations(full(0), vocab_size, device, amp, tiny, "tiny" if tiny else "large", ("auto",), repeats)
+
+
+def time_activations(batch, vocab_size, device, amp, tiny, size, backends, repeats) -> dict:
+    """Median step time (ms, AdamW step included) of ``scfm_sigmoid_<size>`` and ``scfm_softmax_<size>`` on one
+    fixed ``batch``, for each backend. ``repeats`` > 1 times each activation that many times in ABBA order
+    (sigmoid, softmax, softmax, sigmoid, ...), each time a fresh model, and takes the median over all timed steps
+    (25 per run, the first 5 dropped), so that drift of the GPU's clocks between the two activations cancels."""
+    import gatedzoo
+
+    lens = batch["seq_lens"].float() + 1  # + CLS
+    res = {"size": size, "cells": len(lens), "max_len": int(lens.max()), "repeats": repeats,
+           "padding_fraction": float(1 - lens.mean() / lens.max())}
     for backend in backends:
         times = {"sigmoid": [], "softmax": []}
         for rep in range(repeats):
@@ -261,14 +282,11 @@ def step_time_base(cells, vocab_size, device, amp, tiny, size: str = "base", max
     return res
 
 
-def stress_test(cells, vocab_size, act, device, amp, args, backend) -> dict:
-    """``scfm_<act>_large`` on 8,192-token full-gene-vector cells, lr 1e-3, no clipping: loss + grad norm per step."""
-    import gatedzoo
+def _stress_batches(cells, vocab_size, length, bsz, rng):
+    """``full(step)`` -> a batch of ``bsz`` random pbmc_stim cells over one fixed panel of ``length`` - 1 genes (the
+    genes detected in the most cells; every cell carries all of them, its zeros as bin 0) plus CLS."""
     from gatedzoo.data.singlecell import collate_cells
 
-    tiny = args.tiny
-    length = 64 if tiny else STRESS_LEN
-    # fixed gene panel: the length - 1 genes detected in the most cells; every cell carries all of them (zeros too)
     counts = np.bincount(cells.genes, minlength=vocab_size)
     panel = np.sort(np.argsort(-counts)[: length - 1])
     bins_dense = np.zeros((len(cells), vocab_size), np.uint8)
@@ -277,14 +295,23 @@ def stress_test(cells, vocab_size, act, device, amp, args, backend) -> dict:
         bins_dense[i, g] = b
     panel_bins = bins_dense[:, panel]
     stim = np.flatnonzero(cells.batches >= 0)  # the pbmc_stim cells measure the whole transcriptome
-    rng = np.random.default_rng(0)
-    bsz = 1 if tiny else args.stress_batch
 
     def full(step):
         idx = rng.choice(stim, bsz, replace=False)
         items = [(panel.astype(np.int64), panel_bins[i].astype(np.int64), -1, -1) for i in idx]
         return collate_cells(items, max_genes=length, mask_ratio=0.15, mask_bin=51, sample=False, generator=rng)
 
+    return full
+
+
+def stress_test(cells, vocab_size, act, device, amp, args, backend) -> dict:
+    """``scfm_<act>_large`` on 8,192-token full-gene-vector cells, lr 1e-3, no clipping: loss + grad norm per step."""
+    import gatedzoo
+
+    tiny = args.tiny
+    length = 64 if tiny else STRESS_LEN
+    bsz = 1 if tiny else args.stress_batch
+    full = _stress_batches(cells, vocab_size, length, bsz, np.random.default_rng(0))
     torch.manual_seed(0)
     model = gatedzoo.create_model(f"scfm_{act}_{'tiny' if tiny else 'large'}", vocab_size=vocab_size,
                                   backend=backend).to(device)
@@ -482,7 +509,7 @@ def main(argv=None) -> int:
                    help='"not expressed" queries per masked gene in the cell loss (0 = the v1/v2 objective)')
     p.add_argument("--skip-stress", action="store_true", help="study only (no base timing, no stress test)")
     p.add_argument("--step-time-only", action="store_true",
-                   help="only the step times (base and small, fixed batches, ABBA repeats): no study, no stress test")
+                   help="only the step times (base, small and large; fixed batches, ABBA repeats): no study, no stress")
     p.add_argument("--stress-steps", type=int, default=250)
     p.add_argument("--stress-batch", type=int, default=2)
     p.add_argument("--stress-lr", type=float, default=1e-3)

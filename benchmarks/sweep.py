@@ -166,6 +166,14 @@ AB = [
      {("dkdv", "d64"): [cfg(128, 64, 4, 3)], ("dq", "d64"): [cfg(128, 64, 4, 3)]}),
     (128, 4096, "bwd", {("dq", "d128"): [cfg(128, 64, 8, 3)]}, {("dq", "d128"): [cfg(128, 32, 4, 3)]}),
 ]
+# v10: the 32-query dK/dV step that made the softmax backward 1.8-2 x faster at D = 64 (``--softmax-tiles``), for the
+# sigmoid backward, whose v9 choice came from paired single calls (``--bwd-tiles``)
+AB_V10 = [
+    (64, 16384, "bwd", {("dkdv", "d64"): [cfg(128, 64, 4, 3)]}, {("dkdv", "d64"): [cfg(32, 128, 4, 3)]}),
+    (64, 1024, "bwd", {("dkdv", "d64"): [cfg(128, 64, 4, 3)]}, {("dkdv", "d64"): [cfg(32, 128, 4, 3)]}),
+    (128, 16384, "bwd", {("dkdv", "d128"): [cfg(64, 128, 8, 3)]}, {("dkdv", "d128"): [cfg(32, 128, 8, 3)]}),
+    (128, 1024, "bwd", {("dkdv", "d128"): [cfg(64, 128, 8, 3)]}, {("dkdv", "d128"): [cfg(32, 128, 8, 3)]}),
+]
 # the forward calls: (causal, varlen) of each, which with D and N give the launcher's tile class
 FWD_CALLS = {"dense": (False, False), "seq_lens": (False, True), "cu_seqlens+max": (False, True),
              "causal": (True, False)}
@@ -245,11 +253,11 @@ def short_tiles(shapes=((128, 1024), (64, 1024), (128, 4096)), iters: int = 100)
         torch.cuda.empty_cache()
 
 
-def ab(reps: int = 4) -> None:
+def ab(pairs=AB, reps: int = 4) -> None:
     """Steady state: ``do_bench`` (back-to-back calls, as a training loop issues them, so the GPU sits at its power
     limit) of each ``AB`` pair in turns, ``reps`` rounds. ``paired_ms`` times single calls after a flush, at the
     clocks of a GPU that is not yet power-limited; v9 found that this can reverse a ranking of tiles."""
-    for D, N, call, a, b in AB:
+    for D, N, call, a, b in pairs:
         fn, flops = _call(D, N, call)
         got = {"A": [], "B": []}
         with _tiles_restored():
@@ -265,6 +273,68 @@ def ab(reps: int = 4) -> None:
               "(TFLOPS, medians)", flush=True)
         del fn
         torch.cuda.empty_cache()
+
+# softmax backward tiles (``--softmax-tiles``): the production tile first. The sigmoid-tuned v9 tiles spill in the
+# softmax backward with ``seq_lens`` (D = 64 dK/dV: 82 spilled registers), which then runs at 0.4 x the dense speed
+SOFTMAX_BWD = {
+    64: {"dkdv": [cfg(128, 64, 4, 3), cfg(64, 64, 4, 3), cfg(64, 128, 8, 2), cfg(128, 64, 8, 3), cfg(64, 64, 4, 2),
+                  cfg(32, 128, 4, 3)],
+         "dq": [cfg(128, 64, 4, 3), cfg(128, 64, 8, 3), cfg(64, 64, 4, 3)]},
+    128: {"dkdv": [cfg(64, 128, 8, 3), cfg(64, 128, 8, 2), cfg(32, 128, 8, 3), cfg(64, 64, 4, 3),
+                   cfg(128, 64, 8, 3)],
+          "dq": [cfg(128, 64, 8, 3), cfg(128, 64, 8, 2), cfg(64, 64, 4, 3)]},
+}
+
+
+def softmax_tiles(shapes=((64, 8192), (128, 8192), (64, 1024)), reps: int = 2) -> None:
+    """Steady-state (``do_bench``) softmax backward through the Triton kernels, dense and with full ``seq_lens``,
+    under each ``SOFTMAX_BWD`` tile of one pass (the other pass on production); time / production's, production
+    timed before and after each block, and each variant's max |gradient - production's|."""
+    for D, N in shapes:
+        B, H = TOKENS // N, HIDDEN // D
+        q, k, v = (rand(B, N, H, D) for _ in range(3))
+        lens = torch.full((B,), N, dtype=torch.int32, device="cuda")
+        flops = 2.5 * 4 * B * H * N * N * D
+        size = tk._size_class("dkdv", D, N, False, False)
+        for call, extra in (("dense", {}), ("seq_lens", {"seq_lens": lens})):
+            with _tiles_restored() as prod:
+                out = attention(q, k, v, activation="softmax", backend="triton", **extra)
+                backward = functools.partial(_retained_backward, (q, k, v), out, torch.randn_like(out))
+                backward()
+                ref = [x.grad.float().clone() for x in (q, k, v)]
+                t0 = [triton.testing.do_bench(backward, warmup=25, rep=200)]
+                rows = []
+                for pass_name in ("dkdv", "dq"):
+                    for c in SOFTMAX_BWD[D][pass_name][1:]:
+                        tk.CONFIGS.update(prod)
+                        tk.CONFIGS[(pass_name, size)] = [c]
+                        try:
+                            backward()
+                            torch.cuda.synchronize()
+                        except Exception as e:  # over a resource limit: report and go on
+                            print(f"softmax D={D} N={N} {call} {pass_name} {_label(c)}: {type(e).__name__} "
+                                  f"{str(e)[:80]}", flush=True)
+                            continue
+                        err = max((x.grad.float() - r).abs().max().item() for x, r in zip((q, k, v), ref))
+                        ms = min(triton.testing.do_bench(backward, warmup=25, rep=200) for _ in range(reps))
+                        rows.append((f"{pass_name} {_label(c)}", ms, err))
+                tk.CONFIGS.update(prod)
+                t0.append(triton.testing.do_bench(backward, warmup=25, rep=200))
+            base = sum(t0) / 2
+            print(f"softmax D={D:3d} N={N:5d} {call:8s} production {flops / base / 1e9:6.1f} TFLOPS "
+                  f"({t0[0]:.3f} / {t0[1]:.3f} ms before / after)", flush=True)
+            for name, ms, err in rows:
+                print(f"softmax D={D:3d} N={N:5d} {call:8s} {name:18s} {flops / ms / 1e9:6.1f} TFLOPS  time / "
+                      f"production {ms / base:.3f}  max|grad - production| {err:.1e}", flush=True)
+            del out, backward
+        del q, k, v
+        torch.cuda.empty_cache()
+
+
+def _retained_backward(inputs, out, dout) -> None:
+    clear_grads(inputs)
+    out.backward(dout, retain_graph=True)
+
 
 def _profile(label: str, fn, calls: int) -> None:
     """Print the mean device time of every kernel that ``calls`` calls of ``fn`` launch (``torch.profiler``)."""
@@ -417,14 +487,15 @@ def registers(ir: bool = False, dump: Path | None = None) -> None:
     the gate variants side by side), with the constexprs that tell the variants apart. ``ir``: also each kernel's
     layout conversions in its TTGIR (how many, and the tensor types they produce), which is where an epilogue
     that broadcasts a gate across the accumulator would pay for a round trip through shared memory."""
-    for fn in (tk._attn_fwd, tk._attn_bwd_dkdv):
+    for fn in (tk._attn_fwd, tk._attn_bwd_dkdv, tk._attn_bwd_dq):
         for caches in fn.device_caches.values():
             for ck in caches[0].values():
                 ck._init_handles()
                 consts = {fn.arg_names[k[0] if isinstance(k, tuple) else k]: v
                           for k, v in getattr(ck.src, "constants", {}).items()
                           if (k[0] if isinstance(k, tuple) else k) < len(fn.arg_names)}
-                shown = {n: consts.get(n) for n in ("GATE", "CAUSAL", "ACT", "BLOCK_M", "BLOCK_N", "EVEN")}
+                shown = {n: consts.get(n) for n in ("GATE", "CAUSAL", "ACT", "VARLEN", "FAST", "BLOCK_M", "BLOCK_N",
+                                                    "EVEN")}
                 print(f"{fn.__name__}: regs {getattr(ck, 'n_regs', '?')} spills {getattr(ck, 'n_spills', '?')} "
                       f"shared {ck.metadata.shared} warps {ck.metadata.num_warps} stages {ck.metadata.num_stages} "
                       f"{shown}", flush=True)
@@ -457,10 +528,15 @@ def main() -> None:
     parser.add_argument("--bwd-tiles", action="store_true", help="v9: separate-dQ backward tiles, paired calls")
     parser.add_argument("--shapes", default="128x1024,64x1024,128x4096",
                         help="with --short-tiles: DxN shapes, comma-separated")
+    parser.add_argument("--ab-set", choices=("v9", "v10"), default="v9", help="with --ab: which pairs")
+    parser.add_argument("--softmax-tiles", action="store_true", help="softmax backward tiles, dense and seq_lens")
     parser.add_argument("--short-tiles", action="store_true", help="v9: N = 1024 padded / packed / causal fwd tiles")
     args = parser.parse_args()
     if args.ab:
-        ab()
+        ab(AB_V10 if args.ab_set == "v10" else AB)
+        return
+    if args.softmax_tiles:
+        softmax_tiles()
         return
     if args.bwd_tiles or args.short_tiles:
         if args.short_tiles:
@@ -497,7 +573,7 @@ def main() -> None:
     tk._tuned.cache_clear()
     for N in (16384, 4096):
         run(N, 128, "separate")
-    tk.FAST_SIGMOID = False
+    tk.FAST_SIGMOID = 0
     run(16384, 128, "atomic")
 
 

@@ -32,8 +32,9 @@ POISON_OUTPUTS = False
 # "separate" (default): a second kernel computes dQ; "atomic": the dK/dV pass adds dQ with fp32 atomics (fewer
 # products, but 9-18 % slower in paired calls on an H100, v8 in benchmarks/NOTES.md).
 BWD_DQ_MODE = os.environ.get("GATEDZOO_BWD_DQ", "separate")
-# Approximate-tanh sigmoid for float16 / bfloat16 inputs (float32 keeps the exact formula).
-FAST_SIGMOID = os.environ.get("GATEDZOO_FAST_SIGMOID", "1") == "1"
+# The sigmoid of the scores for float16 / bfloat16 inputs (float32 keeps the exact formula): 1 approximate tanh,
+# 2 exp2 and an approximate reciprocal, 0 exp2 and an IEEE division (see _sigmoid_scores).
+FAST_SIGMOID = int(os.environ.get("GATEDZOO_FAST_SIGMOID", "1"))
 # False: launch the first config of each list without autotuning (the GPU tests, where compile time dominates).
 AUTOTUNE = True
 
@@ -120,18 +121,23 @@ def _scores2(qk, scale2, coef2, dist, LIN: tl.constexpr):
 def _sigmoid_scores(qk, scale2, bias2, coef2, dist, LIN: tl.constexpr, FAST: tl.constexpr):
     """sigmoid(s * ln 2) of the log2-scaled scores ``s = qk * scale2 + coef2 * dist (LIN) + bias2``.
 
-    ``FAST`` (16-bit inputs): ``0.5 * tanh.approx(s * ln(2) / 2) + 0.5``, one special-function op (about 2^-11
+    ``FAST`` (16-bit inputs) 1: ``0.5 * tanh.approx(s * ln(2) / 2) + 0.5``, one special-function op (about 2^-11
     relative error) instead of exp2 plus an IEEE division; the factor ln(2) / 2 is folded into the scalar
     coefficients, so the argument costs one multiply-add per element (v6 in benchmarks/NOTES.md: +5 % forward).
+    2: ``rcp.approx(1 + exp2(-s))``, two special-function ops without the division's refinement. 0: exact.
     """
-    if FAST:
+    if FAST == 1:
         x = qk * (scale2 * HALF_LN2) + bias2 * HALF_LN2
         if LIN:
             x = x + (coef2 * HALF_LN2) * dist
         t = tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True,
                                       pack=1)
         return 0.5 * t + 0.5
-    return 1.0 / (1.0 + tl.exp2(-(_scores2(qk, scale2, coef2, dist, LIN) + bias2)))
+    e = tl.exp2(-(_scores2(qk, scale2, coef2, dist, LIN) + bias2))
+    if FAST == 2:
+        return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=f,f", [1.0 + e], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+    return 1.0 / (1.0 + e)
 
 
 @triton.jit
@@ -763,6 +769,10 @@ CONFIGS = {
     # v9 sweep of the separate-dQ backward (paired, NOTES.md): 128x64 x 4 warps beat v0's autotuned list, whose best
     # member (64x64) took 1.05 x / 1.03 x its time at N = 16384 / 1024
     ("dkdv", "d64"): [_cfg(128, 64, 4, 3)],
+    # the softmax backward keeps two more row vectors (LSE, delta) per query step: on the sigmoid's 128x64 tile its
+    # dK/dV spilled 82 registers (with seq_lens) and ran at 160-195 TFLOPS; 32-query steps run 1.8-2.0 x faster,
+    # dense and with seq_lens, N = 1024 and 8192 (sweep.py --softmax-tiles, back to back; NOTES.md v10)
+    ("dkdv", "d64-softmax"): [_cfg(32, 128, 4, 3)],
     ("dkdv", "d128"): [_cfg(64, 128, 8, 3)],  # three stages: 13.3 vs 16.8 ms at N = 16384 (v3 sweep)
     ("dkdv", "d256"): [_cfg(32, 64, 4, 1)],
     ("dq", "s16"): [_cfg(16, 16, 2, 1)],
@@ -792,8 +802,10 @@ def _tuned(pass_name: str, size: str):
     return triton.autotune(CONFIGS[(pass_name, size)], key=keys, reset_to_zero=reset)(kernel)
 
 
-def _size_class(pass_name: str, block_d: int, max_len: int, fp32: bool, causal: bool, varlen: bool = False) -> str:
-    """The ``CONFIGS`` class of a launch: head dim after padding, then length, causality and padding refinements."""
+def _size_class(pass_name: str, block_d: int, max_len: int, fp32: bool, causal: bool, varlen: bool = False,
+                softmax: bool = False) -> str:
+    """The ``CONFIGS`` class of a launch: head dim after padding, then length, causality, padding and activation
+    refinements."""
     size = "d64" if block_d <= 64 else "d128" if block_d <= 128 else "d256"
     if max_len <= 64 and block_d <= 64:
         size = "s16" if max_len <= 16 else "s64"
@@ -806,6 +818,8 @@ def _size_class(pass_name: str, block_d: int, max_len: int, fp32: bool, causal: 
             return "d128-ragged" if varlen else "d128-short"
     if pass_name == "fwd" and size == "d64" and causal and max_len <= 1024:
         return "d64-causal"
+    if pass_name == "dkdv" and size == "d64" and softmax:
+        return "d64-softmax"
     return size
 
 
@@ -816,7 +830,8 @@ def _launch(pass_name: str, grid_rows: int, groups: int, block_d: int, max_len: 
         tile = bn if pass_name == "dkdv" else bm
         _KERNELS[pass_name][(triton.cdiv(grid_rows, tile) * groups,)](BLOCK_M=bm, BLOCK_N=bn, **kwargs)
         return
-    size = _size_class(pass_name, block_d, max_len, fp32, bool(kwargs.get("CAUSAL")), bool(kwargs.get("VARLEN")))
+    size = _size_class(pass_name, block_d, max_len, fp32, bool(kwargs.get("CAUSAL")), bool(kwargs.get("VARLEN")),
+                       kwargs.get("ACT") == 1)
     axis = "BLOCK_N" if pass_name == "dkdv" else "BLOCK_M"
     configs = CONFIGS[(pass_name, size)]
     if not AUTOTUNE or len(configs) == 1:
@@ -899,7 +914,7 @@ class Problem:
         self.bias_value2 = float(bias_value) * LOG2E if bias_value is not None else 0.0
         self.even = self.varlen == 0 and not self.causal and self.T % 128 == 0 and self.S % 128 == 0
         self.dot_prec = "ieee" if q.dtype == torch.float32 else "tf32"
-        self.fast = FAST_SIGMOID and not INTERPRET and q.dtype != torch.float32
+        self.fast = int(FAST_SIGMOID) if not INTERPRET and q.dtype != torch.float32 else 0
         self.tune_key = min(triton.next_power_of_2(self.max_len), 16384)
         dummy = _dummy(q.device, torch.int32)
         self.seq_lens = seq_lens.to(torch.int32).contiguous() if seq_lens is not None else dummy

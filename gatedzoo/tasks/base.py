@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -37,6 +38,25 @@ def register_evaluator(task: str):
     return wrap
 
 
+def lr_factor(step: int, schedule: str, per_epoch: int, warm: int, total: int, min_lr_ratio: float) -> float:
+    """Learning-rate multiplier at optimiser step ``step`` (0-based) of a run of ``total`` steps.
+
+    ``warm`` linear warm-up steps come first (all schedules). Then ``"constant"`` keeps 1; ``"cosine"`` anneals
+    from 1 to ``min_lr_ratio`` at the last step; ``"halving"`` is Time-Series-Library ``lradj="type1"``: epochs
+    1 and 2 at the peak, then half per epoch (1, 1, 0.5, 0.25, ...).
+    """
+    if step < warm:
+        return (step + 1) / warm
+    if schedule == "halving":
+        # TSLib calls adjust_learning_rate(epoch=k) after the k-th epoch (1-based) and sets lr * 0.5 ** (k - 1):
+        # the call after the first epoch keeps the peak, so halving starts with the third epoch
+        return 0.5 ** max(step // per_epoch - 1, 0)
+    if schedule == "constant":
+        return 1.0
+    t = (step - warm) / max(total - warm, 1)
+    return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+
 class ZooTask(L.LightningModule):
     """Holds a zoo model and the optimisation shared by all tasks (AdamW, warm-up + cosine schedule).
 
@@ -47,8 +67,8 @@ class ZooTask(L.LightningModule):
         lr (float): peak learning rate. Default: ``1e-3``.
         weight_decay (float): AdamW weight decay. Default: ``0.05``.
         warmup_epochs (float): linear warm-up length in epochs. Default: ``0``.
-        schedule (str): ``"cosine"`` (to ``min_lr_ratio`` of the peak), ``"halving"`` (TSLib "type1": halve every
-            epoch) or ``"constant"``. Default: ``"cosine"``.
+        schedule (str): ``"cosine"`` (to ``min_lr_ratio`` of the peak), ``"halving"`` (TSLib "type1": two epochs at
+            the peak, then half per epoch; :func:`lr_factor`) or ``"constant"``. Default: ``"cosine"``.
         min_lr_ratio (float): floor of the cosine schedule. Default: ``0.01``.
         freeze (list[str], Optional): parameter-name prefixes to freeze (fine-tuning). Default: `None`.
         compile (str, Optional): compile the model with ``torch.compile`` in this mode before training or
@@ -141,17 +161,9 @@ class ZooTask(L.LightningModule):
         per_epoch = max(total // max(self.trainer.max_epochs or 1, 1), 1)
         warm = int(hp.warmup_epochs * per_epoch)
 
-        def factor(step: int) -> float:
-            if step < warm:
-                return (step + 1) / warm
-            if hp.schedule == "halving":
-                return 0.5 ** (step // per_epoch)
-            if hp.schedule == "constant":
-                return 1.0
-            t = (step - warm) / max(total - warm, 1)
-            return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, partial(lr_factor, schedule=hp.schedule, per_epoch=per_epoch, warm=warm, total=total,
+                         min_lr_ratio=hp.min_lr_ratio))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 

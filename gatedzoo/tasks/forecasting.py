@@ -78,7 +78,7 @@ LOSSES = ("mse", "mae", "huber")
 class Forecasting(ZooTask):
     """Trains ``model(x [B, L, N]) -> [B, H, N]``; logs ``val/mse``, ``val/mae`` (``val/loss`` = ``val/mse``), test too.
 
-    TSLib defaults: Adam (``weight_decay=0``, so AdamW equals Adam), learning rate halved every epoch
+    TSLib defaults: Adam (``weight_decay=0``, so AdamW equals Adam), learning rate halved every epoch from the third
     (``schedule="halving"``, TSLib ``lradj=type1``), MSE training loss.
 
     Only the training objective follows ``loss``: validation and test always report MSE and MAE, and ``val/loss``

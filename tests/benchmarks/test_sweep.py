@@ -15,7 +15,7 @@ sweep = pytest.importorskip("sweep", reason="benchmarks/sweep.py imports triton,
 tk = sweep.tk
 
 
-@pytest.mark.parametrize("pair", sweep.AB, ids=lambda p: f"D{p[0]}-N{p[1]}-{p[2]}")
+@pytest.mark.parametrize("pair", sweep.AB + sweep.AB_V10, ids=lambda p: f"D{p[0]}-N{p[1]}-{p[2]}")
 def test_ab_pairs_name_the_launchers_class(pair):
     D, N, call, a, b = pair
     assert a.keys() == b.keys()

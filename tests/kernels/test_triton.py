@@ -229,11 +229,12 @@ def test_every_launch_class_has_a_tile():
                 for fp32 in (False, True):
                     for causal in (False, True):
                         for varlen in (False, True):
-                            size = tk._size_class(pass_name, block_d, max_len, fp32, causal, varlen)
-                            tiles = tk.CONFIGS[(pass_name, size)]
-                            assert tiles, (pass_name, size)
-                            for c in tiles:
-                                assert {c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]} <= {16, 32, 64, 128}, (size, c)
+                            for softmax in (False, True):
+                                size = tk._size_class(pass_name, block_d, max_len, fp32, causal, varlen, softmax)
+                                tiles = tk.CONFIGS[(pass_name, size)]
+                                assert tiles, (pass_name, size)
+                                for c in tiles:
+                                    assert {c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]} <= {16, 32, 64, 128}, (size, c)
 
 
 @pytest.mark.parametrize(("args", "size"), [
@@ -248,10 +249,15 @@ def test_every_launch_class_has_a_tile():
     (("dkdv", 64, 16384, True, False, False), "d64-f32"),
     (("dq", 64, 16384, False, False, False), "d64"),
     (("dkdv", 32, 16, False, False, False), "s16"),
+    (("dkdv", 64, 8192, False, False, True, True), "d64-softmax"),
+    (("dkdv", 64, 8192, True, False, True, True), "d64-f32"),
+    (("dq", 64, 8192, False, False, True, True), "d64"),
+    (("dkdv", 128, 8192, False, False, True, True), "d128"),
 ])
 def test_launch_class_routing(args, size):
-    """The routing that ``benchmarks/NOTES.md`` (v7, v9) chose: short, ragged and causal refinements of D = 128 and
-    D = 64, float32 classes for the tiles that would overflow shared memory, the small-window classes."""
+    """The routing that ``benchmarks/NOTES.md`` (v7, v9, v10) chose: short, ragged and causal refinements of D = 128
+    and D = 64, float32 classes for the tiles that would overflow shared memory, the small-window classes, the
+    softmax dK/dV tile of D = 64."""
     assert tk._size_class(*args) == size
 
 
