@@ -770,7 +770,7 @@ CONFIGS = {
     # member (64x64) took 1.05 x / 1.03 x its time at N = 16384 / 1024
     ("dkdv", "d64"): [_cfg(128, 64, 4, 3)],
     # the softmax backward keeps two more row vectors (LSE, delta) per query step: on the sigmoid's 128x64 tile its
-    # dK/dV spilled 82 registers (with seq_lens) and ran at 160-195 TFLOPS; 32-query steps run 1.8-2.0 x faster,
+    # dK/dV spilled 82 registers (with seq_lens) and ran at 146-195 TFLOPS; 32-query steps run 1.8-2.0 x faster,
     # dense and with seq_lens, N = 1024 and 8192 (sweep.py --softmax-tiles, back to back; NOTES.md v10)
     ("dkdv", "d64-softmax"): [_cfg(32, 128, 4, 3)],
     ("dkdv", "d128"): [_cfg(64, 128, 8, 3)],  # three stages: 13.3 vs 16.8 ms at N = 16384 (v3 sweep)
