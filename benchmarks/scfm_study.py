@@ -77,9 +77,11 @@ def _cosine(step, total, warmup):
     return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min((step - warmup) / max(total - warmup, 1), 1.0)))
 
 
-def _train(model, batches, *, steps, lr, warmup, device, amp, deadline, clip=None, record_every=1, full=None):
-    """AdamW training loop; returns per-step losses, grad norms and GPU-synchronised step times (seconds)."""
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+def _train(model, batches, *, steps, lr, warmup, device, amp, deadline, clip=None, record_every=1, full=None,
+           fused=False):
+    """AdamW (``fused``: one fused kernel, as the tasks use on a GPU) training loop; returns per-step losses, grad
+    norms and GPU-synchronised step times (seconds)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98), fused=fused or None)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine(s, steps, warmup))
     hist = {"loss": [], "grad_norm": [], "step_time": [], "step": []}
     model.train()
@@ -161,13 +163,21 @@ def gpu(args) -> None:
         # the step-time figures again, each activation timed 4 times in ABBA order on a fixed batch: base on 16
         # padding-heavy cells of up to 2,048 genes; small on 64 cells of up to 512 genes (the study's size); large on
         # the stress test's batch of 8,192-token cells
-        info["step_time_base"] = step_time_base(cells, vocab_size, device, amp, args.tiny, repeats=4)
-        info["step_time_small"] = step_time_base(cells, vocab_size, device, amp, args.tiny, size="small",
-                                                 max_genes=512, n_cells=64, backends=("auto",), repeats=4)
-        info["step_time_large"] = step_time_stress(cells, vocab_size, device, amp, args.tiny,
-                                                   batch_size=args.stress_batch)
-        for key in ("step_time_base", "step_time_small", "step_time_large"):
+        variants = tuple(args.step_variants.split(","))
+        runs = {
+            "step_time_large": lambda: step_time_stress(cells, vocab_size, device, amp, args.tiny,
+                                                        batch_size=args.stress_batch, variants=variants),
+            "step_time_base": lambda: step_time_base(cells, vocab_size, device, amp, args.tiny, repeats=4,
+                                                     variants=variants),
+            "step_time_small": lambda: step_time_base(cells, vocab_size, device, amp, args.tiny, size="small",
+                                                      max_genes=512, n_cells=64, backends=("auto",), repeats=4,
+                                                      variants=variants),
+        }
+        runs = {key: run for key, run in runs.items() if key.removeprefix("step_time_") in args.step_sizes.split(",")}
+        for key, run in runs.items():  # log.json after each size: a call cut short keeps what it measured
+            info[key] = run()
             print(json.dumps(info[key]), flush=True)
+            (out / "log.json").write_text(json.dumps(info, indent=1))
         info["total_s"] = time.time() - t_start
         (out / "log.json").write_text(json.dumps(info, indent=1))
         return
@@ -224,61 +234,87 @@ def gpu(args) -> None:
     (out / "log.json").write_text(json.dumps(info, indent=1))
 
 
-def step_time_base(cells, vocab_size, device, amp, tiny, size: str = "base", max_genes: int = 2048,
-                   n_cells: int = 16, backends=("auto", "reference"), repeats: int = 1) -> dict:
-    """Median step time of ``scfm_<act>_<size>`` (default ``base``) on ``n_cells`` real cells of up to
-    ``max_genes`` genes, picked evenly along the length order (padding-heavy); see :func:`time_activations`."""
+def base_batch(cells, tiny: bool, max_genes: int = 2048, n_cells: int = 16) -> dict:
+    """One fixed batch of ``n_cells`` real cells of up to ``max_genes`` genes, picked evenly along the length order
+    (padding-heavy: 19 ... 2,007 genes at the defaults), 15 % masked."""
     from gatedzoo.data.singlecell import CellDataset, collate_cells
 
-    if device.type != "cuda" and not tiny:
-        return {}
     order = np.argsort(-cells.lengths())
     ds = CellDataset(cells.subset(order[:: max(len(order) // n_cells, 1)][:n_cells]))
-    rng = np.random.default_rng(0)
-    size, max_genes = ("tiny", 64) if tiny else (size, max_genes)
-    batch = collate_cells([ds[i] for i in range(len(ds))], max_genes=max_genes, mask_ratio=0.15, mask_bin=51,
-                          sample=False, generator=rng)
-    return time_activations(batch, vocab_size, device, amp, tiny, size, backends, repeats)
+    return collate_cells([ds[i] for i in range(len(ds))], max_genes=64 if tiny else max_genes, mask_ratio=0.15,
+                         mask_bin=51, sample=False, generator=np.random.default_rng(0))
 
 
-def step_time_stress(cells, vocab_size, device, amp, tiny, batch_size: int = 2, repeats: int = 4) -> dict:
+def large_batch(cells, vocab_size: int, tiny: bool, batch_size: int = 2) -> dict:
+    """The stress test's first batch: ``batch_size`` cells of 8,192 tokens (no padding)."""
+    full = _stress_batches(cells, vocab_size, 64 if tiny else STRESS_LEN, 1 if tiny else batch_size,
+                           np.random.default_rng(0))
+    return full(0)
+
+
+def step_time_base(cells, vocab_size, device, amp, tiny, size: str = "base", max_genes: int = 2048,
+                   n_cells: int = 16, backends=("auto", "reference"), repeats: int = 1, variants=("eager",)) -> dict:
+    """Median step time of ``scfm_<act>_<size>`` (default ``base``) on :func:`base_batch`; see
+    :func:`time_activations`."""
+    if device.type != "cuda" and not tiny:
+        return {}
+    batch = base_batch(cells, tiny, max_genes, n_cells)
+    return time_activations(batch, vocab_size, device, amp, tiny, "tiny" if tiny else size, backends, repeats,
+                            variants)
+
+
+def step_time_stress(cells, vocab_size, device, amp, tiny, batch_size: int = 2, repeats: int = 4,
+                     variants=("eager",)) -> dict:
     """Median step time of ``scfm_<act>_large`` on one fixed batch of the stress test's 8,192-token cells (no
     padding: every cell carries the whole gene panel), ABBA repeats; see :func:`time_activations`."""
     if device.type != "cuda" and not tiny:
         return {}
-    full = _stress_batches(cells, vocab_size, 64 if tiny else STRESS_LEN, 1 if tiny else batch_size,
-                           np.random.default_rng(0))
-    return time_activations(full(0), vocab_size, device, amp, tiny, "tiny" if tiny else "large", ("auto",), repeats)
+    return time_activations(large_batch(cells, vocab_size, tiny, batch_size), vocab_size, device, amp, tiny,
+                            "tiny" if tiny else "large", ("auto",), repeats, variants)
 
 
-def time_activations(batch, vocab_size, device, amp, tiny, size, backends, repeats) -> dict:
+#: step-time variants: name -> (fused AdamW, blocks compiled). "eager" is the study's loop (for-each AdamW), kept so
+#: that earlier figures stay comparable; "fused" is the tasks' optimizer on a GPU; "compiled" adds SCFM.compile()
+STEP_VARIANTS = {"eager": (False, False), "fused": (True, False), "compiled": (True, True)}
+
+
+def time_activations(batch, vocab_size, device, amp, tiny, size, backends, repeats, variants=("eager",)) -> dict:
     """Median step time (ms, AdamW step included) of ``scfm_sigmoid_<size>`` and ``scfm_softmax_<size>`` on one
-    fixed ``batch``, for each backend. ``repeats`` > 1 times each activation that many times in ABBA order
-    (sigmoid, softmax, softmax, sigmoid, ...), each time a fresh model, and takes the median over all timed steps
-    (25 per run, the first 5 dropped), so that drift of the GPU's clocks between the two activations cancels."""
+    fixed ``batch``, for each backend and each of ``variants`` (``STEP_VARIANTS``). ``repeats`` > 1 times each
+    activation that many times in ABBA order (sigmoid, softmax, softmax, sigmoid, ...), each time a fresh model, and
+    takes the median over all timed steps (25 per run, the first 5 dropped: compilation happens there), so that
+    drift of the GPU's clocks between the two activations cancels. Keys: ``<act>_<backend>_ms`` for ``eager``,
+    ``<act>_<backend>_<variant>_ms`` for the others."""
     import gatedzoo
 
     lens = batch["seq_lens"].float() + 1  # + CLS
     res = {"size": size, "cells": len(lens), "max_len": int(lens.max()), "repeats": repeats,
            "padding_fraction": float(1 - lens.mean() / lens.max())}
     for backend in backends:
-        times = {"sigmoid": [], "softmax": []}
-        for rep in range(repeats):
-            for act in ("sigmoid", "softmax") if rep % 2 == 0 else ("softmax", "sigmoid"):
-                torch.manual_seed(0)
-                model = gatedzoo.create_model(f"scfm_{act}_{size}", vocab_size=vocab_size, backend=backend).to(device)
-                try:
-                    hist = _train(model, iter(lambda: batch, None), steps=3 if tiny else 25, lr=1e-4, warmup=1,
-                                  device=device, amp=amp, deadline=time.time() + 60)
-                    times[act] += hist["step_time"][5 if not tiny else 1:]
-                except Exception as e:  # noqa: BLE001  (a failing backend is reported, not fatal to the study)
-                    res[f"{act}_{backend}_error"] = f"{type(e).__name__}: {str(e)[:200]}"
-                del model
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-        for act, t in times.items():
-            if t:
-                res[f"{act}_{backend}_ms"] = 1e3 * float(np.median(t))
+        # the materialised reference is the slow baseline, not a configuration to tune: timed eager only
+        for variant in variants if backend != "reference" else ("eager",):
+            fused, compiled = STEP_VARIANTS[variant]
+            suffix = backend if variant == "eager" else f"{backend}_{variant}"
+            times = {"sigmoid": [], "softmax": []}
+            for rep in range(repeats):
+                for act in ("sigmoid", "softmax") if rep % 2 == 0 else ("softmax", "sigmoid"):
+                    torch.manual_seed(0)
+                    model = gatedzoo.create_model(f"scfm_{act}_{size}", vocab_size=vocab_size,
+                                                  backend=backend).to(device)
+                    if compiled:
+                        model.compile()
+                    try:
+                        hist = _train(model, iter(lambda: batch, None), steps=3 if tiny else 25, lr=1e-4, warmup=1,
+                                      device=device, amp=amp, deadline=time.time() + 180, fused=fused)
+                        times[act] += hist["step_time"][5 if not tiny else 1:]
+                    except Exception as e:  # noqa: BLE001  (a failing backend is reported, not fatal to the study)
+                        res[f"{act}_{suffix}_error"] = f"{type(e).__name__}: {str(e)[:200]}"
+                    del model
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+            for act, t in times.items():
+                if t:
+                    res[f"{act}_{suffix}_ms"] = 1e3 * float(np.median(t))
     return res
 
 
@@ -510,11 +546,17 @@ def main(argv=None) -> int:
     p.add_argument("--skip-stress", action="store_true", help="study only (no base timing, no stress test)")
     p.add_argument("--step-time-only", action="store_true",
                    help="only the step times (base, small and large; fixed batches, ABBA repeats): no study, no stress")
+    p.add_argument("--step-variants", default="eager",
+                   help="with --step-time-only: comma-separated STEP_VARIANTS (eager, fused, compiled)")
+    p.add_argument("--step-sizes", default="large,base,small", help="with --step-time-only: which sizes, in order")
     p.add_argument("--stress-steps", type=int, default=250)
     p.add_argument("--stress-batch", type=int, default=2)
     p.add_argument("--stress-lr", type=float, default=1e-3)
     p.add_argument("--stress-budget", type=float, default=70.0, help="seconds per activation at most")
     args = p.parse_args(argv)
+    unknown = set(args.step_variants.split(",")) - set(STEP_VARIANTS)
+    if unknown:
+        p.error(f"--step-variants: unknown {sorted(unknown)}; choose from {sorted(STEP_VARIANTS)}")
     {"prepare": prepare, "gpu": gpu, "analyze": analyze}[args.stage](args)
     return 0
 

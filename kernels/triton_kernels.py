@@ -118,6 +118,27 @@ def _scores2(qk, scale2, coef2, dist, LIN: tl.constexpr):
 
 
 @triton.jit
+def _sigmoid_tanh(qk, scale2, bias2, coef2, dist, LIN: tl.constexpr):
+    """``t = tanh.approx(s * ln(2) / 2)`` of the log2-scaled scores (``s`` as in :func:`_sigmoid_scores`):
+    sigmoid = 0.5 * t + 0.5 and 4 * sigmoid' = 1 - t^2, one multiply-add each."""
+    x = qk * (scale2 * HALF_LN2) + bias2 * HALF_LN2
+    if LIN:
+        x = x + (coef2 * HALF_LN2) * dist
+    return tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1)
+
+
+@triton.jit
+def _ds_scale(ACT: tl.constexpr, FAST: tl.constexpr):
+    """The factor between the true dS and the one the backward accumulates: 1/4 where ``dsig`` is ``1 - t^2``
+    (sigmoid, ``FAST`` 1), applied once to dQ, dK and the parameter sums instead of to every tile element."""
+    f = 1.0
+    if ACT == 0:  # noqa: SIM102  (two static tests: the form the GPU tests compiled and ran, v11)
+        if FAST == 1:
+            f = 0.25
+    return f
+
+
+@triton.jit
 def _sigmoid_scores(qk, scale2, bias2, coef2, dist, LIN: tl.constexpr, FAST: tl.constexpr):
     """sigmoid(s * ln 2) of the log2-scaled scores ``s = qk * scale2 + coef2 * dist (LIN) + bias2``.
 
@@ -127,12 +148,7 @@ def _sigmoid_scores(qk, scale2, bias2, coef2, dist, LIN: tl.constexpr, FAST: tl.
     2: ``rcp.approx(1 + exp2(-s))``, two special-function ops without the division's refinement. 0: exact.
     """
     if FAST == 1:
-        x = qk * (scale2 * HALF_LN2) + bias2 * HALF_LN2
-        if LIN:
-            x = x + (coef2 * HALF_LN2) * dist
-        t = tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True,
-                                      pack=1)
-        return 0.5 * t + 0.5
+        return 0.5 * _sigmoid_tanh(qk, scale2, bias2, coef2, dist, LIN) + 0.5
     e = tl.exp2(-(_scores2(qk, scale2, coef2, dist, LIN) + bias2))
     if FAST == 2:
         return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=f,f", [1.0 + e], dtype=tl.float32,
@@ -159,29 +175,44 @@ def _gate_sigmoid(g, FAST: tl.constexpr):
 def _activate(qk, ii, jj, len_q, len_k, lse2, POS, T, scale2, bias2, coef2, mcoef2,
               ACT: tl.constexpr, HAS_DIST: tl.constexpr, HAS_SLOPES: tl.constexpr, HAS_POS: tl.constexpr,
               DECAY_MODE: tl.constexpr, CAUSAL: tl.constexpr, MASK: tl.constexpr, FAST: tl.constexpr):
-    """Recompute the activated scores of one tile (backward): ``(p, w, dist)``.
+    """Recompute the activated scores of one tile (backward): ``(p, dsig, w, dist)``.
 
-    ``p`` is sigmoid(s) or exp(s - lse) with masked entries 0, ``w`` the multiplicative decay ``gamma ** dist``
-    (1 without it). ``ii`` / ``jj`` are the query / key indices broadcast to the tile's orientation.
+    ``p`` is sigmoid(s) or exp(s - lse) with masked entries 0; ``dsig`` (sigmoid only) is sigmoid'(s) divided by
+    :func:`_ds_scale`: ``1 - t^2`` in the tanh form (``FAST`` 1; two operations fewer per element than
+    ``p * (1 - p)``, v11 in benchmarks/NOTES.md), else ``p * (1 - p)``, 0 where masked; ``w`` the multiplicative
+    decay ``gamma ** dist`` (1 without it). ``ii`` / ``jj`` are the query / key indices broadcast to the tile's
+    orientation.
     """
     dist = 0.0
     if HAS_DIST:
         dist = _distance(ii, jj, POS, T, HAS_POS)
     LIN: tl.constexpr = HAS_DIST and (HAS_SLOPES or DECAY_MODE == 1)
-    if ACT == 0:
-        p = _sigmoid_scores(qk, scale2, bias2, coef2, dist, LIN, FAST)
-    else:
-        s2 = _scores2(qk, scale2, coef2, dist, LIN)
-        p = tl.exp2(s2 - lse2)
     if MASK:
         valid = (ii < len_q) & (jj < len_k)
         if CAUSAL:
             valid = valid & (jj <= ii)
-        p = tl.where(valid, p, 0.0)
+    dsig = 0.0
+    if ACT == 0:
+        if FAST == 1:
+            t = _sigmoid_tanh(qk, scale2, bias2, coef2, dist, LIN)
+            if MASK:
+                t = tl.where(valid, t, -1.0)  # sigmoid 0 and derivative 0 where masked
+            p = 0.5 * t + 0.5
+            dsig = 1.0 - t * t
+        else:
+            p = _sigmoid_scores(qk, scale2, bias2, coef2, dist, LIN, FAST)
+            if MASK:
+                p = tl.where(valid, p, 0.0)
+            dsig = p * (1.0 - p)
+    else:
+        s2 = _scores2(qk, scale2, coef2, dist, LIN)
+        p = tl.exp2(s2 - lse2)
+        if MASK:
+            p = tl.where(valid, p, 0.0)
     w = 1.0
     if DECAY_MODE == 2:
         w = tl.exp2(mcoef2 * dist)
-    return p, w, dist
+    return p, dsig, w, dist
 
 
 @triton.jit
@@ -420,15 +451,16 @@ def _bwd_preprocess(
 
 
 @triton.jit
-def _dscore(p, w, dist, dp, delta, ACT: tl.constexpr, DECAY_MODE: tl.constexpr):
-    """Gradient of the pre-activation score from dP = dO V^T; also the multiplicative-decay term dP * P * dist."""
+def _dscore(p, dsig, w, dist, dp, delta, ACT: tl.constexpr, DECAY_MODE: tl.constexpr):
+    """Gradient of the pre-activation score from dP = dO V^T (sigmoid: over :func:`_ds_scale`); also the
+    multiplicative-decay term dP * P * dist."""
     if DECAY_MODE == 2:
         dmult = dp * p * w * dist
         dp = dp * w
     else:
         dmult = 0.0
     if ACT == 0:
-        ds = dp * p * (1.0 - p)
+        ds = dp * dsig
     else:
         ds = p * (dp - delta)
     return ds, dmult
@@ -456,14 +488,14 @@ def _dkdv_step(dk, dv, acc_b, acc_d, acc_w, k, v, q_base, do_base, dq_base, LSE_
         delta = tl.load(DELTA_H + rows, mask=rows < len_q, other=0.0)[None, :]
     # transposed tile [keys, queries]: dK and dV come out of the products without a transpose
     qkT = tl.dot(k, tl.trans(q), input_precision=DOT_PREC)
-    p, w, dist = _activate(qkT, rows[None, :], offs_n[:, None], len_q, len_k, lse2, POS, T, scale2, bias2, coef2,
-                           mcoef2, ACT, HAS_DIST, HAS_SLOPES, HAS_POS, DECAY_MODE, CAUSAL, MASK, FAST)
+    p, dsig, w, dist = _activate(qkT, rows[None, :], offs_n[:, None], len_q, len_k, lse2, POS, T, scale2, bias2,
+                                 coef2, mcoef2, ACT, HAS_DIST, HAS_SLOPES, HAS_POS, DECAY_MODE, CAUSAL, MASK, FAST)
     if DECAY_MODE == 2:
         dv += tl.dot((p * w).to(do.dtype), do, input_precision=DOT_PREC)
     else:
         dv += tl.dot(p.to(do.dtype), do, input_precision=DOT_PREC)
     dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
-    ds, dmult = _dscore(p, w, dist, dpT, delta, ACT, DECAY_MODE)
+    ds, dmult = _dscore(p, dsig, w, dist, dpT, delta, ACT, DECAY_MODE)
     if NEED_DBIAS:
         acc_b += tl.sum(ds, 1)
     if NEED_DDIST:
@@ -473,7 +505,7 @@ def _dkdv_step(dk, dv, acc_b, acc_d, acc_w, k, v, q_base, do_base, dq_base, LSE_
     ds_c = ds.to(q.dtype)
     dk += tl.dot(ds_c, q, input_precision=DOT_PREC)
     if ATOMIC_DQ:
-        dq = tl.dot(tl.trans(ds_c), k, input_precision=DOT_PREC) * scale
+        dq = tl.dot(tl.trans(ds_c), k, input_precision=DOT_PREC) * (scale * _ds_scale(ACT, FAST))
         tl.atomic_add(dq_base + rows[:, None] * stride_dqr + offs_d[None, :], dq,
                       mask=(rows < len_q)[:, None] & (offs_d < D)[None, :], sem="relaxed")
     return dk, dv, acc_b, acc_d, acc_w
@@ -569,15 +601,15 @@ def _attn_bwd_dkdv(
                     NEED_DBIAS,
                     NEED_DDIST, NEED_DMULT, DOT_PREC)
         if NEED_DBIAS:
-            tl.atomic_add(DPARAM + h, tl.sum(acc_b, 0), sem="relaxed")
+            tl.atomic_add(DPARAM + h, tl.sum(acc_b, 0) * _ds_scale(ACT, FAST), sem="relaxed")
         if NEED_DDIST:
-            tl.atomic_add(DPARAM + H + h, tl.sum(acc_d, 0), sem="relaxed")
+            tl.atomic_add(DPARAM + H + h, tl.sum(acc_d, 0) * _ds_scale(ACT, FAST), sem="relaxed")
         if NEED_DMULT:
             tl.atomic_add(DPARAM + 2 * H + h, tl.sum(acc_w, 0), sem="relaxed")
 
     store_mask = (offs_n < k_lim)[:, None] & (offs_d < D)[None, :]
     tl.store(DK + k0 * stride_dkr + kv_head * stride_dkh + offs_n[:, None] * stride_dkr + offs_d[None, :],
-             (dk * scale).to(DK.dtype.element_ty), mask=store_mask)
+             (dk * (scale * _ds_scale(ACT, FAST))).to(DK.dtype.element_ty), mask=store_mask)
     tl.store(DV + k0 * stride_dvr + kv_head * stride_dvh + offs_n[:, None] * stride_dvr + offs_d[None, :],
              dv.to(DV.dtype.element_ty), mask=store_mask)
 
@@ -624,28 +656,29 @@ def _attn_bwd_windows(
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
         # unmasked activation on in-window indices (t), then the block-diagonal mask: p = 0 off the windows, so
         # dS, the parameter terms and every product below get nothing from there
-        p, w, dist = _activate(qk, t[:, None], t[None, :], T, T, lse2, POS, T, scale2, bias2, coef2, mcoef2, ACT,
-                               HAS_DIST, HAS_SLOPES, HAS_POS, DECAY_MODE, False, False, FAST)
+        p, dsig, w, dist = _activate(qk, t[:, None], t[None, :], T, T, lse2, POS, T, scale2, bias2, coef2, mcoef2,
+                                     ACT, HAS_DIST, HAS_SLOPES, HAS_POS, DECAY_MODE, False, False, FAST)
         p = tl.where(valid, p, 0.0)
+        dsig = tl.where(valid, dsig, 0.0)
         if DECAY_MODE == 2:
             dv += tl.dot(tl.trans((p * w).to(do.dtype)), do, input_precision=DOT_PREC)
         else:
             dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=DOT_PREC)
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
-        ds, dmult = _dscore(p, w, dist, dp, delta, ACT, DECAY_MODE)
+        ds, dmult = _dscore(p, dsig, w, dist, dp, delta, ACT, DECAY_MODE)
         ds_c = ds.to(q.dtype)
         dk += tl.dot(tl.trans(ds_c), q, input_precision=DOT_PREC)
-        dq = tl.dot(ds_c, k, input_precision=DOT_PREC) * scale
+        dq = tl.dot(ds_c, k, input_precision=DOT_PREC) * (scale * _ds_scale(ACT, FAST))
         tl.store(DQ + h * stride_dqh + rows[:, None] * stride_dqr + offs_d[None, :], dq.to(DQ.dtype.element_ty),
                  mask=mask)
         if NEED_DBIAS:
-            tl.atomic_add(DPARAM + h, tl.sum(tl.sum(ds, 1), 0), sem="relaxed")
+            tl.atomic_add(DPARAM + h, tl.sum(tl.sum(ds, 1), 0) * _ds_scale(ACT, FAST), sem="relaxed")
         if NEED_DDIST:
-            tl.atomic_add(DPARAM + H + h, tl.sum(tl.sum(ds * dist, 1), 0), sem="relaxed")
+            tl.atomic_add(DPARAM + H + h, tl.sum(tl.sum(ds * dist, 1), 0) * _ds_scale(ACT, FAST), sem="relaxed")
         if NEED_DMULT:
             tl.atomic_add(DPARAM + 2 * H + h, tl.sum(tl.sum(dmult, 1), 0), sem="relaxed")
     tl.store(DK + kv_head * stride_dkh + rows[:, None] * stride_dkr + offs_d[None, :],
-             (dk * scale).to(DK.dtype.element_ty), mask=mask)
+             (dk * (scale * _ds_scale(ACT, FAST))).to(DK.dtype.element_ty), mask=mask)
     tl.store(DV + kv_head * stride_dvh + rows[:, None] * stride_dvr + offs_d[None, :], dv.to(DV.dtype.element_ty),
              mask=mask)
 
@@ -663,10 +696,10 @@ def _dq_step(dq, q, do, lse2, delta, k_base, v_base, offs_m, n_start, offs_n, of
     k = tl.load(k_base + cols[:, None] * stride_kr + offs_d[None, :], mask=kv_mask, other=0.0)
     v = tl.load(v_base + cols[:, None] * stride_vr + offs_d[None, :], mask=kv_mask, other=0.0)
     qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
-    p, w, dist = _activate(qk, offs_m[:, None], cols[None, :], len_q, len_k, lse2, POS, T, scale2, bias2, coef2,
-                           mcoef2, ACT, HAS_DIST, HAS_SLOPES, HAS_POS, DECAY_MODE, CAUSAL, MASK, FAST)
+    p, dsig, w, dist = _activate(qk, offs_m[:, None], cols[None, :], len_q, len_k, lse2, POS, T, scale2, bias2,
+                                 coef2, mcoef2, ACT, HAS_DIST, HAS_SLOPES, HAS_POS, DECAY_MODE, CAUSAL, MASK, FAST)
     dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
-    ds, _ = _dscore(p, w, dist, dp, delta, ACT, DECAY_MODE)
+    ds, _ = _dscore(p, dsig, w, dist, dp, delta, ACT, DECAY_MODE)
     dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PREC)
     return dq
 
@@ -736,7 +769,8 @@ def _attn_bwd_dq(
                           HAS_POS,
                           DECAY_MODE, CAUSAL, True, FAST, DOT_PREC)
     tl.store(DQ + q0 * stride_dqr + h * stride_dqh + offs_m[:, None] * stride_dqr + offs_d[None, :],
-             (dq * scale).to(DQ.dtype.element_ty), mask=(offs_m < q_lim)[:, None] & (offs_d < D)[None, :])
+             (dq * (scale * _ds_scale(ACT, FAST))).to(DQ.dtype.element_ty),
+             mask=(offs_m < q_lim)[:, None] & (offs_d < D)[None, :])
 
 
 def _cfg(block_m: int, block_n: int, warps: int, stages: int) -> triton.Config:

@@ -118,6 +118,17 @@ class SCFM(ZooMixin, nn.Module):
         """Recompute each block in the backward pass (timm's name): long cells without storing every block."""
         self.grad_checkpointing = enable
 
+    def compile(self, *args, **kwargs) -> None:
+        """``torch.compile`` each transformer block in place (arguments as :meth:`torch.nn.Module.compile`).
+
+        The blocks, not ``forward``: pretraining runs :meth:`masked_expression_loss` and embedding runs
+        :meth:`forward_features`, which never pass through ``__call__``, so compiling ``forward`` alone would leave
+        them eager. The blocks hold nearly all of the work (the layer norms, GELU and residual adds fuse around the
+        attention kernel's custom op); parameter names do not change.
+        """
+        for blk in self.blocks:
+            blk.compile(*args, **kwargs)
+
     def forward_tokens(self, genes: torch.Tensor, bins: torch.Tensor, seq_lens: torch.Tensor) -> torch.Tensor:
         """Token states ``[B, T + 1, C]`` (position 0 is CLS); rows past ``seq_lens + 1`` are padding."""
         if genes.shape != bins.shape or genes.ndim != 2:

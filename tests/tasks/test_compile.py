@@ -51,3 +51,20 @@ def test_a_compiled_model_trains_to_the_eager_weights_under_the_same_names(tmp_p
 def test_an_unknown_compile_mode_is_refused_before_the_model_is_built():
     with pytest.raises(ValueError, match="compile='fast'; use one of .*reduce-overhead"):
         Classification(ARCH, compile="fast")
+
+
+def test_a_task_compiles_the_modules_its_training_step_runs():
+    """scfm pretraining calls masked_expression_loss, not forward: compile= must reach the blocks (it used to compile
+    forward only, which the step never runs), and a second configure_model does not compile again."""
+    from gatedzoo.tasks.base import is_compiled
+    from gatedzoo.tasks.masked_expression import MaskedExpression
+
+    task = MaskedExpression("scfm_sigmoid_tiny", model_args={"vocab_size": 100}, compile="default",
+                            compile_backend="aot_eager")
+    assert not is_compiled(task.model)
+    task.configure_model()
+    assert is_compiled(task.model)
+    assert all(blk._compiled_call_impl is not None for blk in task.model.blocks)
+    first = [blk._compiled_call_impl for blk in task.model.blocks]
+    task.configure_model()
+    assert [blk._compiled_call_impl for blk in task.model.blocks] == first

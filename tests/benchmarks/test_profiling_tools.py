@@ -1,0 +1,67 @@
+"""The CPU-side parts of the GPU measurement scripts: ``ab_rev.py`` (another revision's kernels as a second module),
+``scfm_profile.py`` (kernel groups) and ``scfm_study.py --step-variants`` (refused before any work when unknown)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+pytest.importorskip("triton", reason="the kernels module that ab_rev.py loads imports triton")
+import ab_rev  # noqa: E402
+import scfm_profile  # noqa: E402
+import scfm_study  # noqa: E402
+
+
+def _has_history() -> bool:
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not _has_history(), reason="needs the repository's git history (a checkout, not an export)")
+def test_a_revision_loads_as_its_own_module(tmp_path):
+    from gatedzoo.kernels import triton_kernels
+
+    old = ab_rev.load_revision("HEAD", tmp_path)
+    assert old is not triton_kernels
+    assert old.__name__.startswith("triton_kernels_")
+    assert callable(old.attention_forward) and callable(old.attention_backward)
+    # the same file given as a path (how the GPU machine, which has no history, receives it)
+    path = tmp_path / "copy.py"
+    path.write_text(Path(old.__file__).read_text())
+    assert callable(ab_rev.load_revision(str(path), tmp_path / "x").attention_backward)
+
+
+def test_an_unknown_revision_names_the_fix(tmp_path):
+    with pytest.raises(SystemExit, match="git could not show kernels/triton_kernels.py at 'no-such-rev'"):
+        ab_rev.load_revision("no-such-rev", tmp_path)
+
+
+def test_shapes_parse_and_bad_ones_are_refused():
+    assert ab_rev.parse_shapes("64x8192x2x12,128x1024x16x16") == [(64, 8192, 2, 12), (128, 1024, 16, 16)]
+    assert len(ab_rev.parse_shapes(ab_rev.SHAPES)) == 6
+    for bad in ("64x8192x2", "64x0x2x12", "Dx1x1x1"):
+        with pytest.raises(SystemExit, match="is not DxNxBxH"):
+            ab_rev.parse_shapes(bad)
+
+
+@pytest.mark.parametrize("name, group", [
+    ("_attn_fwd", "attn fwd"), ("_attn_bwd_dkdv", "attn dK/dV"), ("_attn_bwd_dq", "attn dQ"),
+    ("_bwd_preprocess", "attn bwd prep"), ("nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_NNT", "matmul"),
+    ("void cutlass::Kernel2<cutlass_80_wmma_tensorop_bf16_s161616gemm>", "matmul"),
+    ("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<...>", "optimizer"),
+    ("void at::native::_fused_adam_kernel<float>", "optimizer"),
+    ("triton_poi_fused_gelu_gelu_backward_view_4", "other"),
+    ("void at::native::vectorized_layer_norm_kernel<float, float, false>", "other"),
+])
+def test_kernel_names_fall_into_their_groups(name, group):
+    assert scfm_profile.kernel_group(name) == group
+
+
+def test_an_unknown_step_variant_is_refused_before_any_work(capsys):
+    with pytest.raises(SystemExit):
+        scfm_study.main(["gpu", "--step-time-only", "--step-variants", "eager,turbo", "--cells", "/nonexistent"])
+    assert "unknown ['turbo']; choose from ['compiled', 'eager', 'fused']" in capsys.readouterr().err
