@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
@@ -10,15 +9,22 @@ import torch
 from ._args import AttentionArgs, validate
 from .reference import reference_attention, sdpa_attention
 
+#: ``[(module, None)]`` once the Triton kernels imported, ``[(None, reason)]`` once they failed; empty before the first
+#: call. A list rather than ``functools.lru_cache``: TorchDynamo warns on every traced call of a cached function.
+_BACKEND: list = []
 
-@functools.lru_cache(maxsize=1)
+
 def _triton_backend():
-    """Return ``(module, None)`` when the Triton kernels import, else ``(None, reason)``."""
-    try:
-        from . import autograd
-    except ImportError as err:
-        return None, f"the Triton kernels could not be imported ({err})"
-    return autograd, None
+    """Return ``(module, None)`` when the Triton kernels import, else ``(None, reason)``; imported on first use (the
+    kernels read ``TRITON_INTERPRET`` when they are defined)."""
+    if not _BACKEND:
+        try:
+            from . import autograd
+        except ImportError as err:
+            _BACKEND.append((None, f"the Triton kernels could not be imported ({err})"))
+        else:
+            _BACKEND.append((autograd, None))
+    return _BACKEND[0]
 
 
 def triton_unsupported_reason(a: AttentionArgs) -> str | None:

@@ -33,3 +33,11 @@ def test_tiles_restored_puts_production_back():
         tk.CONFIGS[("fwd", "d128")] = [sweep.cfg(16, 16, 1, 1)]
         raise RuntimeError("an exception inside the block")
     assert before == tk.CONFIGS
+
+
+@pytest.mark.parametrize("D", sorted(sweep.BWD_TILES))
+def test_bwd_tile_lists_start_with_production(D):
+    """``bwd_tiles`` times every entry against the first: the first must be the tile production runs."""
+    for pass_name, tiles in sweep.BWD_TILES[D].items():
+        prod = tk.CONFIGS[(pass_name, tk._size_class(pass_name, D, 16384, False, False))][0]
+        assert sweep._label(tiles[0]) == sweep._label(prod), (D, pass_name)

@@ -17,6 +17,7 @@ reference is exactly zero (dq of softmax over a single key) is held to max |x| <
 from __future__ import annotations
 
 import os
+import warnings
 
 import pytest
 import torch
@@ -282,6 +283,22 @@ def test_compiles_without_graph_breaks():
     want = torch.autograd.grad(fn(**grads), list(grads.values()))
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w)
+
+
+def test_compiling_a_call_warns_nothing_about_the_backend_lookup():
+    """The backend lookup was an ``lru_cache``'d function, and TorchDynamo warned twice on every compiled call site
+    (every block of a compiled model)."""
+    grads, opts = make_inputs(CASES["gate_head"], torch.float32)
+
+    def fn(q, k, v, gate):
+        return attention(q, k, v, gate=gate, backend="triton", **opts).sum()
+
+    torch._dynamo.reset()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        torch.compile(fn, backend="aot_eager")(**grads).backward()
+    torch._dynamo.reset()
+    assert not [str(w.message) for w in seen if "lru_cache" in str(w.message)]
 
 
 @pytest.mark.parametrize("name", ["combo_softmax", "gate_head"])
