@@ -97,12 +97,6 @@ def profile(cells, vocab_size: int, device, variants=("eager", "compiled"), step
     return out
 
 
-def _cfg(m: int, n: int, w: int, s: int):
-    import triton
-
-    return triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
-
-
 # alternatives per pass of the sigmoid D = 64 kernels (production is whatever CONFIGS holds)
 ALTERNATIVES = {
     "fwd": [(128, 128, 8, 3), (64, 64, 4, 3), (128, 64, 8, 3), (64, 128, 4, 3), (128, 32, 4, 3)],
@@ -153,7 +147,7 @@ class _Variant:
         if self.pass_name == "fast":
             self.tk.FAST_SIGMOID = self.value
         else:
-            self.tk.CONFIGS[(self.pass_name, self.cls[self.pass_name])] = [_cfg(*self.value)]
+            self.tk.CONFIGS[(self.pass_name, self.cls[self.pass_name])] = [self.tk._cfg(*self.value)]
 
     def off(self):
         self.tk.CONFIGS.clear()

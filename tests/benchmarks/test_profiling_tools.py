@@ -65,3 +65,22 @@ def test_an_unknown_step_variant_is_refused_before_any_work(capsys):
     with pytest.raises(SystemExit):
         scfm_study.main(["gpu", "--step-time-only", "--step-variants", "eager,turbo", "--cells", "/nonexistent"])
     assert "unknown ['turbo']; choose from ['compiled', 'eager', 'fused']" in capsys.readouterr().err
+
+
+def test_a_tile_variant_switches_one_class_and_restores_production():
+    from gatedzoo.kernels import triton_kernels as tk
+
+    before, fast = dict(tk.CONFIGS), tk.FAST_SIGMOID
+    cls = {p: tk._size_class(p, 64, 8192, False, False, True, False) for p in ("fwd", "dkdv", "dq")}
+    tile = scfm_profile._Variant("dkdv", (32, 128, 4, 3), cls)
+    tile.on()
+    got = tk.CONFIGS[("dkdv", cls["dkdv"])][0]
+    assert (got.kwargs["BLOCK_M"], got.kwargs["BLOCK_N"], got.num_warps, got.num_stages) == (32, 128, 4, 3)
+    assert tk.CONFIGS[("fwd", cls["fwd"])] == before[("fwd", cls["fwd"])]
+    tile.off()
+    assert tk.CONFIGS == before
+    formula = scfm_profile._Variant("fast", 2, cls)
+    formula.on()
+    assert tk.FAST_SIGMOID == 2 and formula.label == "FAST_SIGMOID=2"
+    formula.off()
+    assert tk.FAST_SIGMOID == fast and tk.CONFIGS == before
