@@ -78,9 +78,9 @@ def test_a_tile_variant_switches_one_class_and_restores_production():
     assert (got.kwargs["BLOCK_M"], got.kwargs["BLOCK_N"], got.num_warps, got.num_stages) == (32, 128, 4, 3)
     assert tk.CONFIGS[("fwd", cls["fwd"])] == before[("fwd", cls["fwd"])]
     tile.off()
-    assert tk.CONFIGS == before
+    assert before == tk.CONFIGS
     formula = scfm_profile._Variant("fast", 2, cls)
     formula.on()
     assert tk.FAST_SIGMOID == 2 and formula.label == "FAST_SIGMOID=2"
     formula.off()
-    assert tk.FAST_SIGMOID == fast and tk.CONFIGS == before
+    assert fast == tk.FAST_SIGMOID and before == tk.CONFIGS
