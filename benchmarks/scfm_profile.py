@@ -60,17 +60,12 @@ def profile(cells, vocab_size: int, device, variants=("eager", "compiled"), step
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    import gatedzoo
 
     out = {}
     for size, batch in batches(cells, vocab_size).items():
         for variant in variants:
-            fused, compiled = scfm_study.STEP_VARIANTS[variant]
             for act in ("sigmoid", "softmax"):
-                torch.manual_seed(0)
-                model = gatedzoo.create_model(f"scfm_{act}_{size}", vocab_size=vocab_size, backend="auto").to(device)
-                if compiled:
-                    model.compile()
+                model, fused = scfm_study.step_model(act, size, vocab_size, "auto", variant, device)
                 it = itertools.repeat(batch)
                 train = dict(lr=1e-4, warmup=1, device=device, amp=True, deadline=time.time() + 300, fused=fused)
                 scfm_study._train(model, it, steps=warmup, **train)

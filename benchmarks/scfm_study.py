@@ -278,6 +278,19 @@ def step_time_stress(cells, vocab_size, device, amp, tiny, batch_size: int = 2, 
 STEP_VARIANTS = {"eager": (False, False), "fused": (True, False), "compiled": (True, True)}
 
 
+def step_model(act: str, size: str, vocab_size: int, backend: str, variant: str, device):
+    """``(model, fused)``: a fresh ``scfm_<act>_<size>`` (seed 0) prepared for one ``STEP_VARIANTS`` entry, and
+    whether its AdamW is to be fused."""
+    import gatedzoo
+
+    fused, compiled = STEP_VARIANTS[variant]
+    torch.manual_seed(0)
+    model = gatedzoo.create_model(f"scfm_{act}_{size}", vocab_size=vocab_size, backend=backend).to(device)
+    if compiled:
+        model.compile()
+    return model, fused
+
+
 def time_activations(batch, vocab_size, device, amp, tiny, size, backends, repeats, variants=("eager",)) -> dict:
     """Median step time (ms, AdamW step included) of ``scfm_sigmoid_<size>`` and ``scfm_softmax_<size>`` on one
     fixed ``batch``, for each backend and each of ``variants`` (``STEP_VARIANTS``). ``repeats`` > 1 times each
@@ -285,7 +298,6 @@ def time_activations(batch, vocab_size, device, amp, tiny, size, backends, repea
     takes the median over all timed steps (25 per run, the first 5 dropped: compilation happens there), so that
     drift of the GPU's clocks between the two activations cancels. Keys: ``<act>_<backend>_ms`` for ``eager``,
     ``<act>_<backend>_<variant>_ms`` for the others."""
-    import gatedzoo
 
     lens = batch["seq_lens"].float() + 1  # + CLS
     res = {"size": size, "cells": len(lens), "max_len": int(lens.max()), "repeats": repeats,
@@ -293,16 +305,11 @@ def time_activations(batch, vocab_size, device, amp, tiny, size, backends, repea
     for backend in backends:
         # the materialised reference is the slow baseline, not a configuration to tune: timed eager only
         for variant in variants if backend != "reference" else ("eager",):
-            fused, compiled = STEP_VARIANTS[variant]
             suffix = backend if variant == "eager" else f"{backend}_{variant}"
             times = {"sigmoid": [], "softmax": []}
             for rep in range(repeats):
                 for act in ("sigmoid", "softmax") if rep % 2 == 0 else ("softmax", "sigmoid"):
-                    torch.manual_seed(0)
-                    model = gatedzoo.create_model(f"scfm_{act}_{size}", vocab_size=vocab_size,
-                                                  backend=backend).to(device)
-                    if compiled:
-                        model.compile()
+                    model, fused = step_model(act, size, vocab_size, backend, variant, device)
                     try:
                         hist = _train(model, iter(lambda: batch, None), steps=3 if tiny else 25, lr=1e-4, warmup=1,
                                       device=device, amp=amp, deadline=time.time() + 180, fused=fused)
