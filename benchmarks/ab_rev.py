@@ -9,6 +9,7 @@ Usage (GPU machine, repository root)::
 
     python benchmarks/ab_rev.py --rev HEAD                    # the working tree against the last commit
     python benchmarks/ab_rev.py --rev 47fc5f4 --shapes 64x8192x2x12 --rounds 5
+    python benchmarks/ab_rev.py --rev HEAD --features plain,gate-head,gate-elem,softmax   # gated / softmax passes too
     git show 47fc5f4:kernels/triton_kernels.py > .gdata/old_tk.py   # here; then on the GPU machine (no history):
     python benchmarks/ab_rev.py --rev .gdata/old_tk.py
 """
@@ -63,8 +64,28 @@ def parse_shapes(text: str) -> list[tuple[int, int, int, int]]:
     return out
 
 
-def _calls(mod, q, k, v, do, lens, bias_value):
-    args = (None, None, None, None, None, lens, None, "sigmoid", 1.0 / math.sqrt(q.shape[-1]), bias_value,
+# the variants --features can time: (activation, gate); "plain" is the sigmoid kernel with bias -log N
+FEATURES = {"plain": ("sigmoid", None), "gate-head": ("sigmoid", "headwise"), "gate-elem": ("sigmoid", "elementwise"),
+            "softmax": ("softmax", None)}
+
+
+def parse_features(text: str) -> list[str]:
+    """``"plain,gate-elem"`` -> names of :data:`FEATURES`, refused with the valid names when unknown."""
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [n for n in names if n not in FEATURES]
+    if bad or not names:
+        raise SystemExit(f"ab_rev: unknown --features {bad or text!r}; choose from {', '.join(FEATURES)}.")
+    return names
+
+
+def _calls(mod, q, k, v, do, lens, bias_value, feature="plain"):
+    activation, gate_kind = FEATURES[feature]
+    gate = None
+    if gate_kind is not None:
+        shape = q.shape[:-1] if gate_kind == "headwise" else q.shape
+        gate = torch.randn(shape, device=q.device, dtype=q.dtype, generator=torch.Generator(q.device).manual_seed(1))
+    bias_value = bias_value if activation == "sigmoid" else None
+    args = (gate, None, None, None, None, lens, None, activation, 1.0 / math.sqrt(q.shape[-1]), bias_value,
             "additive", False, 0)
     out, lse = mod.attention_forward(q, k, v, *args)
 
@@ -76,33 +97,36 @@ def _calls(mod, q, k, v, do, lens, bias_value):
     return fwd, bwd
 
 
-def compare(new, old, shapes, rounds: int) -> list[dict]:
+def compare(new, old, shapes, rounds: int, features=("plain",)) -> list[dict]:
     import triton
 
     rows = []
-    for D, N, B, H in shapes:
+    for (D, N, B, H), feature in ((s, f) for s in shapes for f in features):
         q, k, v, do = (torch.randn(B, N, H, D, device="cuda", dtype=torch.bfloat16) for _ in range(4))
         lens = torch.full((B,), N, dtype=torch.int32, device="cuda")
         bias = -math.log(N)
         flops = 4.0 * B * H * N * N * D
-        calls = {"new": _calls(new, q, k, v, do, lens, bias), "old": _calls(old, q, k, v, do, lens, bias)}
+        calls = {"new": _calls(new, q, k, v, do, lens, bias, feature),
+                 "old": _calls(old, q, k, v, do, lens, bias, feature)}
         for i, which in enumerate(("fwd", "bwd")):
             a, b = calls["old"][i](), calls["new"][i]()
             a = a if isinstance(a, (tuple, list)) else (a,)
             b = b if isinstance(b, (tuple, list)) else (b,)
+            # out (forward); dq, dk, dv, dgate (backward)
             err = max(float((x.float() - y.float()).abs().max()) / max(float(x.float().abs().max()), 1e-6)
-                      for x, y in zip(a[:3], b[:3]) if x is not None and x.numel() > 1)
+                      for x, y in zip(a[:4], b[:4]) if x is not None and x.numel() > 1)
             got = {"old": [], "new": []}
             for _ in range(rounds):
                 for name in ("old", "new"):
                     got[name].append(triton.testing.do_bench(calls[name][i], warmup=25, rep=200))
             med = {name: sorted(ms)[len(ms) // 2] for name, ms in got.items()}
             f = flops * (2.5 if which == "bwd" else 1.0)
-            row = {"D": D, "N": N, "B": B, "H": H, "pass": which, "old_ms": med["old"], "new_ms": med["new"],
+            row = {"D": D, "N": N, "B": B, "H": H, "feature": feature, "pass": which, "old_ms": med["old"],
+                   "new_ms": med["new"],
                    "old_tflops": f / med["old"] / 1e9, "new_tflops": f / med["new"] / 1e9,
                    "time_ratio": med["new"] / med["old"], "max_rel_diff": err}
             rows.append(row)
-            print(f"D={D:3d} N={N:5d} B={B:2d} H={H:2d} {which}: old {row['old_tflops']:6.1f} new "
+            print(f"D={D:3d} N={N:5d} B={B:2d} H={H:2d} {feature:9s} {which}: old {row['old_tflops']:6.1f} new "
                   f"{row['new_tflops']:6.1f} TFLOPS  time new/old {row['time_ratio']:.3f}  "
                   f"(max |new - old| / max |old| {err:.1e})", flush=True)
         del q, k, v, do, calls
@@ -114,10 +138,12 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rev", default="HEAD", help="git revision (or a triton_kernels.py file) to compare against")
     p.add_argument("--shapes", default=SHAPES, help="comma-separated DxNxBxH (sigmoid, bias -log N, bf16)")
+    p.add_argument("--features", default="plain", help=f"comma-separated variants of each shape: {', '.join(FEATURES)}")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--out", type=Path, help="also write the rows, device and versions to this JSON file")
     args = p.parse_args(argv)
     shapes = parse_shapes(args.shapes)
+    features = parse_features(args.features)
     if not torch.cuda.is_available():
         raise SystemExit("ab_rev: needs a CUDA GPU (it times the Triton kernels).")
     sys.path.insert(0, str(ROOT))
@@ -125,7 +151,7 @@ def main(argv=None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         old = load_revision(args.rev, Path(tmp))
-        rows = compare(new, old, shapes, args.rounds)
+        rows = compare(new, old, shapes, args.rounds, features)
     if args.out:
         import json
         import time
@@ -133,7 +159,7 @@ def main(argv=None) -> int:
         import triton
         info = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
                 "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "old": args.rev, "rounds": args.rounds,
-                "rows": rows}
+                "features": features, "rows": rows}
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(info, indent=1))
     return 0

@@ -6,13 +6,15 @@ split only (early stopping on validation MCC for binary, validation macro-F1 for
 KDDTest+. The preprocessing (vocabulary, category encodings, log + robust scaler) is fitted on the training split.
 Writes ``results.json`` and ``results.md`` and, per task, the TCH-Net of the best-validation seed as a zoo folder.
 
-``--novelty tchnet,mlp`` adds, for binary, an unseen-attack rule: "attack if p(attack) > 0.5 or novelty score >
-threshold", chosen by a leave-attack-types-out validation without KDDTest+ (:func:`novelty_study`): attack types with
+``--novelty tchnet,mlp`` adds an unseen-attack rule: "a flow the classifier calls normal is an attack if its novelty
+score > threshold" (5-class, ``--novelty-tasks binary,5class``: it then gets the classifier's most probable attack
+class), chosen by a leave-attack-types-out validation without KDDTest+ (:func:`novelty_study`): attack types with
 < 1 % of the training split's rows are held out of a second training of the same classifier; the candidate scores
 (mean distance to the 5 nearest normal training flows, an isolation forest on normal training flows, TCH-Net's
 auxiliary reconstruction error) and thresholds (1 - r quantile of the validation normals, r in :data:`FPR_GRID`) are
-compared on the validation split plus the held-out rows by MCC; the winner is applied to the classifier trained on
-the whole training split and KDDTest+ is scored once. ``--merge A.json B.json`` combines runs of disjoint seeds.
+compared on the validation split plus the held-out rows by MCC (multi-class MCC for 5-class); the winner is applied
+to the classifier trained on the whole training split and KDDTest+ is scored once. ``--merge A.json B.json`` combines
+runs of disjoint seeds; ``--models none`` runs the novelty studies alone.
 
 Usage::
 
@@ -22,6 +24,8 @@ Usage::
     python benchmarks/tchnet_nslkdd.py --out runs/b --first-seed 3 --seeds 2 --novelty tchnet,mlp \\
         --novelty-seeds 3,4,0,1,2 --budget 500                                       # seeds 3-4 + novelty study
     python benchmarks/tchnet_nslkdd.py --merge docs/benchmarks/tchnet_nslkdd.json runs/b/results.json --out runs/m
+    python benchmarks/tchnet_nslkdd.py --out runs/n --models none --tasks 5class --novelty tchnet,mlp \
+        --novelty-tasks 5class                                                      # the 5-class novelty study only
 """
 
 from __future__ import annotations
@@ -226,41 +230,63 @@ def fit_detectors(ref: torch.Tensor, seed: int) -> dict:
     return {"ref": ref, "iforest": forest}
 
 
-def combine(p_attack: np.ndarray, score: np.ndarray | None, thr: float) -> np.ndarray:
-    """Class probabilities ``[N, 2]`` of the rule "attack if p(attack) > 0.5 or score > thr".
-
-    The attack score is ``max(p, g)`` with ``g = s / (s + thr)`` (``s`` clipped at 0): ``g > 0.5`` exactly when
-    ``s > thr``, so the arg-max is the rule and the ranking metrics (ROC-AUC, PR-AUC) see both signals. ``score``
-    `None` (rule off) returns ``p`` unchanged.
-    """
-    p = np.asarray(p_attack, np.float64)
-    if score is not None:
-        s = np.maximum(np.asarray(score, np.float64), 0.0)
-        p = np.maximum(p, s / (s + thr))
-    return np.stack([1 - p, p], 1)
+def rule_classes(prob: np.ndarray, score: np.ndarray | None, thr: float) -> np.ndarray:
+    """Class ``[N]`` of each flow under the novelty rule: the arg-max of ``prob [N, C]`` (class 0 = normal), except
+    that a flow the classifier calls normal whose novelty ``score`` exceeds ``thr`` becomes an attack: for C = 2
+    "attack if p(attack) > 0.5 or score > thr", for more classes the flow's most probable attack class."""
+    pred = np.asarray(prob).argmax(1)
+    if score is None:
+        return pred
+    flag = (pred == 0) & (np.asarray(score) > thr)
+    pred[flag] = 1 + np.asarray(prob)[flag, 1:].argmax(1)
+    return pred
 
 
-def choose_rule(y: np.ndarray, normal: np.ndarray, p_attack: np.ndarray, scores: dict) -> tuple[dict, list]:
-    """The (score, false-alarm rate) that maximises the combined rule's MCC on a validation set, or the rule off.
+def combine(prob: np.ndarray, score: np.ndarray | None, thr: float) -> np.ndarray:
+    """Class probabilities ``[N, C]`` whose arg-max is :func:`rule_classes` and whose attack score ``1 - p(normal)``
+    is ``max(1 - p0, g)`` with ``g = s / (s + thr)`` (``s`` clipped at 0), so the ranking metrics (ROC-AUC, PR-AUC)
+    see both signals: ``g > 0.5`` exactly when ``s > thr``. The attack classes keep their proportions, except that a
+    flow the rule turns into an attack puts the whole attack mass on its chosen class. ``score`` `None` (rule off)
+    returns ``prob`` unchanged."""
+    p = np.asarray(prob, np.float64)
+    if score is None:
+        return p.copy()
+    s = np.maximum(np.asarray(score, np.float64), 0.0)
+    g = s / (s + thr)
+    att = 1.0 - p[:, 0]
+    new = np.maximum(att, g)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.where(att[:, None] > 0, p[:, 1:] / att[:, None], 1.0 / (p.shape[1] - 1))
+    out = np.concatenate([(1.0 - new)[:, None], new[:, None] * share], 1)
+    pred = rule_classes(p, s, thr)
+    flag = pred != p.argmax(1)
+    out[flag, 1:] = 0.0
+    out[flag, pred[flag]] = new[flag]
+    return out
+
+
+def choose_rule(y: np.ndarray, normal: np.ndarray, prob: np.ndarray, scores: dict) -> tuple[dict, list]:
+    """The (score, false-alarm rate) that maximises the rule's MCC on a validation set, or the rule off.
 
     Args:
-        y: ``[N]`` 0 = normal, 1 = attack. normal: ``[N]`` bool, rows whose quantile sets the threshold.
-        p_attack: ``[N]`` classifier score. scores: name -> ``[N]`` novelty score.
-    Returns: the chosen ``{"score", "fpr", "thr", "val_mcc"}`` (ties keep the earlier, more conservative candidate:
-    the plain classifier first, then lower false-alarm rates) and every candidate's validation metrics.
+        y: ``[N]`` class labels, 0 = normal (binary: 1 = attack; 5-class: the MCC is the multi-class one).
+        normal: ``[N]`` bool, rows whose quantile sets the threshold. prob: ``[N, C]`` classifier probabilities.
+        scores: name -> ``[N]`` novelty score.
+    Returns: the chosen ``{"score", "fpr", "thr", "val_mcc", "val_acc"}`` (ties keep the earlier, more conservative
+    candidate: the plain classifier first, then lower false-alarm rates) and every candidate's validation metrics.
     """
     from sklearn.metrics import matthews_corrcoef
 
     def rate(pred):
         return float(matthews_corrcoef(y, pred)), float((pred == y).mean())
 
-    mcc, acc = rate((p_attack > 0.5).astype(int))
+    mcc, acc = rate(rule_classes(prob, None, math.inf))
     best = {"score": None, "fpr": 0.0, "thr": math.inf, "val_mcc": mcc, "val_acc": acc}
     grid = [dict(best)]
     for name, s in scores.items():
         for fpr in FPR_GRID:
             thr = float(np.quantile(s[normal], 1 - fpr))
-            mcc, acc = rate(((p_attack > 0.5) | (s > thr)).astype(int))
+            mcc, acc = rate(rule_classes(prob, s, thr))
             grid.append({"score": name, "fpr": fpr, "thr": thr, "val_mcc": mcc, "val_acc": acc})
             if mcc > best["val_mcc"]:
                 best = grid[-1]
@@ -278,24 +304,25 @@ def novelty_study(model_name, seed, full_model, ctx, log):
        to ``full_model`` (trained on the whole training split) and KDDTest+ is scored once.
     """
     data, names, held, det, cards, device = (ctx[k] for k in ("data", "names", "held", "det", "cards", "device"))
+    task, label_names = ctx["task"], ctx["label_names"]
     ts = time.time()
     (xt, ct, yt), (xv, cv, yv), (xs, cs, ys) = data["train"], data["val"], data["test"]
     keep_t = torch.as_tensor(~np.isin(names["train"], held), device=device)
     keep_v = torch.as_tensor(~np.isin(names["val"], held), device=device)
     sub = {"train": (xt[keep_t], ct[keep_t], yt[keep_t]), "val": (xv[keep_v], cv[keep_v], yv[keep_v])}
-    counts = np.bincount(sub["train"][2].cpu().numpy(), minlength=2).tolist()
+    counts = np.bincount(sub["train"][2].cpu().numpy(), minlength=ctx["margs"]["num_classes"]).tolist()
     model = build_model(model_name, ctx["margs"], seed, device)
-    val_sel, _ = train_nn(model, sub, "binary", counts, ctx["epochs"], seed, device, log)
+    val_sel, _ = train_nn(model, sub, task, counts, ctx["epochs"], seed, device, log)
     out_t = ~keep_t
     xn, cn = torch.cat([xv, xt[out_t]]), torch.cat([cv, ct[out_t]])
     yn = torch.cat([yv, yt[out_t]]).cpu().numpy()
     normal = yn == 0
     n_held = int(np.isin(names["val"], held).sum() + out_t.sum().item())
-    p_val = predict(model, xn, cn).numpy()[:, 1]
+    p_val = predict(model, xn, cn).numpy()
     rule, grid = choose_rule(yn, normal, p_val, novelty_scores(model, det, xn, cn, cards))
     # the chosen rule with the full classifier: threshold at the same false-alarm rate on the validation normals
-    p_test = predict(full_model, xs, cs).numpy()[:, 1]
-    plain = flow_metrics(ys.cpu().numpy(), combine(p_test, None, math.inf))
+    p_test = predict(full_model, xs, cs).numpy()
+    plain = flow_metrics(ys.cpu().numpy(), p_test, label_names)
     thr, s_test = math.inf, None
     if rule["score"] is not None:
         s_val = novelty_scores(full_model, det, xv, cv, cards, rule["score"])[rule["score"]]
@@ -303,9 +330,9 @@ def novelty_study(model_name, seed, full_model, ctx, log):
         s_test = novelty_scores(full_model, det, xs, cs, cards, rule["score"])[rule["score"]]
     prob = combine(p_test, s_test, thr)
     ys_np = ys.cpu().numpy()
-    m = flow_metrics(ys_np, prob)
+    m = flow_metrics(ys_np, prob, label_names)
     unseen = ctx["unseen"]
-    flag_plain, flag = p_test > 0.5, prob[:, 1] > 0.5
+    flag_plain, flag = p_test.argmax(1) != 0, prob.argmax(1) != 0
 
     def share(flags, mask):
         return float(flags[mask].mean()) if mask.any() else math.nan
@@ -315,19 +342,21 @@ def novelty_study(model_name, seed, full_model, ctx, log):
             "unseen_recall": share(flag, unseen), "seen_attack_recall_plain": share(flag_plain, seen_attack),
             "seen_attack_recall": share(flag, seen_attack), "normal_false_alarm_plain": share(flag_plain, ys_np == 0),
             "normal_false_alarm": share(flag, ys_np == 0)}
-    row = {"task": "binary", "model": model_name, "seed": seed, "held_out_types": held,
+    row = {"task": task, "model": model_name, "seed": seed, "held_out_types": held,
            "novelty_val_rows": {"normal": int(normal.sum()), "attack": int((~normal).sum()), "held_out": n_held},
            "holdout_classifier_val": val_sel, "rule": {**rule, "thr_full": thr}, "val_grid": grid,
            "test_plain": plain, "test": m, "diagnostics": diag, "seconds": time.time() - ts}
-    log(f"  novelty {model_name} seed {seed}: rule {rule['score']} @ fpr {rule['fpr']} (val MCC {rule['val_mcc']:.4f}, "
+    log(f"  novelty {task} {model_name} seed {seed}: rule {rule['score']} @ fpr {rule['fpr']} "
+        f"(val MCC {rule['val_mcc']:.4f}, "
         f"plain {grid[0]['val_mcc']:.4f}); test acc {plain['accuracy']:.4f} -> {m['accuracy']:.4f}, "
-        f"mcc {plain['mcc']:.4f} -> {m['mcc']:.4f}, unseen recall {diag['unseen_recall_plain']:.3f} -> "
+        f"mcc {plain['mcc']:.4f} -> {m['mcc']:.4f}, acc5 {plain.get('accuracy_multiclass', math.nan):.4f} -> "
+        f"{m.get('accuracy_multiclass', math.nan):.4f}, unseen recall {diag['unseen_recall_plain']:.3f} -> "
         f"{diag['unseen_recall']:.3f} ({time.time() - ts:.1f}s)")
     return row
 
 
-def novelty_context(data, names, margs, counts, epochs, device) -> dict:
-    """What :func:`novelty_study` needs of one binary data set.
+def novelty_context(data, names, margs, counts, epochs, device, task="binary", label_names=None) -> dict:
+    """What :func:`novelty_study` needs of one data set (``task`` "binary" or "5class", its ``label_names``).
 
     Args:
         data: split -> ``(x [N, T, F], c [N, T, K], y [N])`` tensors on ``device``. names: split -> ``[N]`` attack
@@ -341,7 +370,8 @@ def novelty_context(data, names, margs, counts, epochs, device) -> dict:
     normal_pts = flow_points(data["train"][0], data["train"][1], cards)[data["train"][2] == 0]
     known = sorted(set(names["train"]) | set(names["val"]))
     return {"data": data, "names": names, "held": held, "cards": cards, "device": device, "margs": margs,
-            "epochs": epochs, "counts": counts, "det": fit_detectors(normal_pts, 0),
+            "epochs": epochs, "counts": counts, "task": task, "label_names": label_names,
+            "det": fit_detectors(normal_pts, 0),
             "unseen": (data["test"][2].cpu().numpy() != 0) & ~np.isin(names["test"], known)}
 
 
@@ -447,23 +477,25 @@ def gain_markdown(gains) -> str:
 
 
 def novelty_markdown(nrows) -> str:
-    """Plain classifier vs classifier + novelty rule on KDDTest+ (binary), mean ± std over seeds, in %."""
-    cols = ["accuracy", "f1_attack", "mcc", "roc_auc", "pr_auc", "fpr_at_tpr99"]
+    """Plain classifier vs classifier + novelty rule on KDDTest+, per task, mean ± std over seeds, in %."""
+    cols = ["accuracy", "f1_attack", "mcc", "roc_auc", "pr_auc", "fpr_at_tpr99", "accuracy_multiclass",
+            "macro_f1_multiclass"]
     diag = ["unseen_recall", "seen_attack_recall", "normal_false_alarm"]
 
     def cell(vals):
         return f"{100 * np.mean(vals):.2f} ± {100 * np.std(vals):.2f}"
 
-    lines = ["| model | seeds | rules chosen (score @ val false-alarm rate) | " + " | ".join(cols + diag) + " |",
-             "|" + "---|" * (3 + len(cols) + len(diag))]
-    for model in dict.fromkeys(r["model"] for r in nrows):
-        rs = [r for r in nrows if r["model"] == model]
+    lines = ["| task | model | seeds | rules chosen (score @ val false-alarm rate) | " + " | ".join(cols + diag) + " |",
+             "|" + "---|" * (4 + len(cols) + len(diag))]
+    for task, model in dict.fromkeys((r.get("task", "binary"), r["model"]) for r in nrows):
+        rs = [r for r in nrows if r.get("task", "binary") == task and r["model"] == model]
         rules = ", ".join(f"{r['seed']}: {r['rule']['score'] or 'off'}"
                           + (f" @ {r['rule']['fpr']:g}" if r["rule"]["score"] else "") for r in rs)
         for label, key, suffix in ((model, "test_plain", "_plain"), (f"{model} + novelty", "test", "")):
             cells = [cell([r[key][c] for r in rs]) if c in rs[0][key] else "–" for c in cols]
             cells += [cell([r["diagnostics"][d + suffix] for r in rs]) for d in diag]
-            lines.append(f"| {label} | {len(rs)} | {rules if suffix == '' else '–'} | " + " | ".join(cells) + " |")
+            lines.append(f"| {task} | {label} | {len(rs)} | {rules if suffix == '' else '–'} | " + " | ".join(cells)
+                         + " |")
     return "\n".join(lines)
 
 
@@ -504,17 +536,20 @@ def merge_runs(paths: list[str], out: Path) -> str:
             seen.add(key)
             rows.append(r)
         for r in doc.get("novelty", []):
-            key = ("novelty", r["model"], r["seed"])
+            key = ("novelty", r.get("task", "binary"), r["model"], r["seed"])
             if key in seen:
                 raise ValueError(f"{path} repeats {key}: merge runs of disjoint seeds.")
             seen.add(key)
             nrows.append(r)
     rows.sort(key=lambda r: (r["task"] != "binary", r["seed"]))
-    nrows.sort(key=lambda r: (r["model"], r["seed"]))
-    env = {**ref, "seeds": sorted({r["seed"] for r in rows}),
-           "runs": [{k: d["env"].get(k) for k in ("device", "torch", "date")} for d in docs]}
+    nrows.sort(key=lambda r: (r.get("task", "binary") != "binary", r["model"], r["seed"]))
+    # an input that is itself a merge contributes its own calls and sources, so history is never lost
+    calls = [c for d in docs
+             for c in d["env"].get("runs") or [{k: d["env"].get(k) for k in ("device", "torch", "date")}]]
+    sources = [s for p, d in zip(paths, docs) for s in d.get("merged_from") or [str(p)]]
+    env = {**ref, "seeds": sorted({r["seed"] for r in rows}), "runs": calls}
     out.mkdir(parents=True, exist_ok=True)
-    return write_report(out, env, rows, nrows, sources=[str(p) for p in paths])
+    return write_report(out, env, rows, nrows, sources=sources)
 
 
 def main():
@@ -524,9 +559,11 @@ def main():
     ap.add_argument("--first-seed", type=int, default=0, help="seeds run are first_seed .. first_seed + seeds - 1")
     ap.add_argument("--epochs", type=int, default=25)
     ap.add_argument("--tasks", default="binary,5class")
-    ap.add_argument("--models", default="tchnet,tchnet_nofusion,mlp,hgb")
+    ap.add_argument("--models", default="tchnet,tchnet_nofusion,mlp,hgb", help="compared models; 'none': the novelty "
+                    "studies alone")
     ap.add_argument("--budget", type=float, default=0, help="seconds; start no new seed after this (0 = no limit)")
-    ap.add_argument("--novelty", default="", help="networks (e.g. tchnet,mlp) that get the binary novelty study")
+    ap.add_argument("--novelty", default="", help="networks (e.g. tchnet,mlp) that get the novelty study")
+    ap.add_argument("--novelty-tasks", default="binary", help="tasks of the novelty study (binary, 5class)")
     ap.add_argument("--novelty-seeds", default="", help="seeds of the novelty study (default: the seeds run); "
                     "seeds outside the comparison train their own full classifier, after all tasks, within --budget")
     ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
@@ -552,17 +589,20 @@ def main():
 
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     nov_models = [m for m in args.novelty.split(",") if m]
+    nov_tasks = [t for t in args.novelty_tasks.split(",") if t]
+    models = [m for m in args.models.split(",") if m and m != "none"]
     nov_seeds = [int(x) for x in args.novelty_seeds.split(",") if x] or seeds
     env = {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor() or "cpu",
            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
            "epochs": args.epochs, "seeds": args.seeds, "recipe": RECIPE, "widths": SMALL, "limit": args.limit,
            "first_seed": args.first_seed, "budget": args.budget, "novelty": nov_models, "novelty_seeds": nov_seeds,
+           "novelty_tasks": nov_tasks, "models": models,
            "holdout_share": HOLDOUT_SHARE, "fpr_grid": FPR_GRID, "knn_k": KNN_K}
     log(json.dumps(env))
     rows, nrows, t0 = [], [], time.time()
     tasks = args.tasks.split(",")
     # measured seconds of one novelty seed per network (full training + study): decides whether another fits
-    nov_ctx, nov_cost = None, {}
+    nov_ctx, nov_cost = {}, {}
     for task in tasks:
         dm = FlowDataModule(task=task, seed=0, window=1)
         dm.setup()
@@ -580,19 +620,20 @@ def main():
         env[f"rows_{task}"] = {k: len(data[k][0]) for k in data}
         best_ship = None
         log(f"== {task}: train {len(data['train'][0])} val {len(data['val'][0])} test {len(ys)}; {dm.report}")
-        if task == "binary" and nov_models:
-            nov_ctx = novelty_context(data, names, margs, dm.class_counts, args.epochs, device)
-            log(f"  novelty: held-out types {nov_ctx['held']} "
-                f"({int(np.isin(names['train'], nov_ctx['held']).sum())} training rows); "
-                f"{len(nov_ctx['det']['ref'])} normal reference flows; "
-                f"{int(nov_ctx['unseen'].sum())} test flows of unseen types")
+        if task in nov_tasks and nov_models:
+            ctx = nov_ctx[task] = novelty_context(data, names, margs, dm.class_counts, args.epochs, device, task,
+                                                  dm.label_names)
+            log(f"  novelty: held-out types {ctx['held']} "
+                f"({int(np.isin(names['train'], ctx['held']).sum())} training rows); "
+                f"{len(ctx['det']['ref'])} normal reference flows; "
+                f"{int(ctx['unseen'].sum())} test flows of unseen types")
         for seed in seeds:
             share = 1 if task == tasks[-1] else 0.5
             if seed > args.first_seed and args.budget and time.time() - t0 > args.budget * share:
                 log(f"  time budget reached: {task} stops before seed {seed}")
                 break
             trained = {}
-            for model_name in args.models.split(","):
+            for model_name in models:
                 ts = time.time()
                 if model_name == "hgb":
                     val, rounds, prob = run_hgb(data_np, task, dm.class_counts, seed)
@@ -612,14 +653,14 @@ def main():
                 log(f"  {task} {model_name} seed {seed}: val {val:.4f} test acc {m['accuracy']:.4f} "
                     f"mcc {m['mcc']:.4f} acc5 {m.get('accuracy_multiclass', float('nan')):.4f} "
                     f"({time.time() - ts:.1f}s, total {time.time() - t0:.0f}s)")
-            if task == "binary" and seed in nov_seeds:
+            if task in nov_ctx and seed in nov_seeds:
                 for model_name in nov_models:
                     ts = time.time()
                     full = trained.get(model_name)
                     if full is None:
                         full = build_model(model_name, margs, seed, device)
                         train_nn(full, data, task, dm.class_counts, args.epochs, seed, device, log)
-                    nrows.append(novelty_study(model_name, seed, full, nov_ctx, log))
+                    nrows.append(novelty_study(model_name, seed, full, nov_ctx[task], log))
                     full_s = next((r["seconds"] for r in rows[::-1] if r["model"] == model_name), 0.0)
                     nov_cost[model_name] = max(nov_cost.get(model_name, 0.0), time.time() - ts + full_s)
         if best_ship is not None:
@@ -632,16 +673,18 @@ def main():
                 benchmark="benchmarks/tchnet_nslkdd.py", device=env["device"])
         write_report(out, env, rows, nrows)
     # novelty seeds outside the comparison: train the full classifier too
-    for seed in [s for s in nov_seeds if s not in seeds and nov_ctx is not None]:
+    for task, seed in [(t, s) for t in nov_ctx for s in nov_seeds if s not in seeds]:
+        ctx = nov_ctx[task]
         est = sum(nov_cost.values())
         if args.budget and time.time() - t0 + est > args.budget:
-            log(f"  time budget reached: novelty stops before seed {seed} ({time.time() - t0:.0f}s + ~{est:.0f}s)")
+            log(f"  time budget reached: novelty stops before {task} seed {seed} "
+                f"({time.time() - t0:.0f}s + ~{est:.0f}s)")
             break
         for model_name in nov_models:
             ts = time.time()
-            full = build_model(model_name, nov_ctx["margs"], seed, device)
-            train_nn(full, nov_ctx["data"], "binary", nov_ctx["counts"], args.epochs, seed, device, log)
-            nrows.append(novelty_study(model_name, seed, full, nov_ctx, log))
+            full = build_model(model_name, ctx["margs"], seed, device)
+            train_nn(full, ctx["data"], task, ctx["counts"], args.epochs, seed, device, log)
+            nrows.append(novelty_study(model_name, seed, full, ctx, log))
             nrows[-1]["seconds_full"] = time.time() - ts - nrows[-1]["seconds"]
             nov_cost[model_name] = max(nov_cost.get(model_name, 0.0), time.time() - ts)
         write_report(out, env, rows, nrows)

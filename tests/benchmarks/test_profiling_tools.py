@@ -48,6 +48,14 @@ def test_shapes_parse_and_bad_ones_are_refused():
             ab_rev.parse_shapes(bad)
 
 
+def test_features_parse_and_unknown_ones_name_the_valid_ones():
+    assert ab_rev.parse_features("plain, gate-elem,softmax") == ["plain", "gate-elem", "softmax"]
+    with pytest.raises(SystemExit, match="choose from plain, gate-head, gate-elem, softmax"):
+        ab_rev.parse_features("plain,gate")
+    with pytest.raises(SystemExit, match="unknown --features"):
+        ab_rev.parse_features(" , ")
+
+
 @pytest.mark.parametrize("name, group", [
     ("_attn_fwd", "attn fwd"), ("_attn_bwd_dkdv", "attn dK/dV"), ("_attn_bwd_dq", "attn dQ"),
     ("_bwd_preprocess", "attn bwd prep"), ("nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_NNT", "matmul"),

@@ -44,11 +44,34 @@ def test_flow_points_one_hot_encodes_the_categories_of_the_scored_flow():
 def test_combine_makes_the_arg_max_equal_to_the_or_rule():
     rng = np.random.default_rng(0)
     p, s = rng.random(1000), rng.exponential(1.0, 1000)
-    prob = bench.combine(p, s, thr=1.3)
+    prob = bench.combine(np.stack([1 - p, p], 1), s, thr=1.3)
     assert prob.shape == (1000, 2)
     np.testing.assert_allclose(prob.sum(1), 1.0)
     np.testing.assert_array_equal(prob.argmax(1) == 1, (p > 0.5) | (s > 1.3))
-    np.testing.assert_allclose(bench.combine(p, None, math.inf)[:, 1], p)
+    # the attack score sees both signals: max(p, s / (s + thr))
+    np.testing.assert_allclose(prob[:, 1], np.maximum(p, s / (s + 1.3)))
+    np.testing.assert_allclose(bench.combine(np.stack([1 - p, p], 1), None, math.inf)[:, 1], p)
+
+
+def test_the_five_class_rule_gives_a_flagged_normal_flow_its_most_probable_attack_class():
+    prob = np.array([[0.70, 0.05, 0.20, 0.03, 0.02],   # normal, novel: becomes class 2 (its best attack class)
+                     [0.70, 0.05, 0.20, 0.03, 0.02],   # normal, not novel: stays normal
+                     [0.30, 0.10, 0.15, 0.40, 0.05],   # classifier says class 3: the rule leaves it
+                     [0.40, 0.15, 0.15, 0.15, 0.15]])  # arg-max normal although p(normal) < 0.5; novel: class 1
+    score = np.array([5.0, 0.5, 5.0, 9.0])
+    np.testing.assert_array_equal(bench.rule_classes(prob, score, 1.0), [2, 0, 3, 1])
+    np.testing.assert_array_equal(bench.rule_classes(prob, None, 1.0), [0, 0, 3, 0])
+    out = bench.combine(prob, score, 1.0)
+    np.testing.assert_allclose(out.sum(1), 1.0)
+    np.testing.assert_array_equal(out.argmax(1), [2, 0, 3, 1])
+    g = score / (score + 1.0)
+    np.testing.assert_allclose(1 - out[:, 0], np.maximum(1 - prob[:, 0], g))
+    # an unflagged attack keeps its attack classes' proportions
+    np.testing.assert_allclose(out[2, 1:] / out[2, 1:].sum(), prob[2, 1:] / prob[2, 1:].sum())
+    rng = np.random.default_rng(3)
+    p = rng.dirichlet(np.ones(5), 2000)
+    s = rng.exponential(1.0, 2000)
+    np.testing.assert_array_equal(bench.combine(p, s, 1.2).argmax(1), bench.rule_classes(p, s, 1.2))
 
 
 def test_choose_rule_picks_a_separating_score_and_declines_a_useless_one():
@@ -58,14 +81,14 @@ def test_choose_rule_picks_a_separating_score_and_declines_a_useless_one():
     # the classifier misses the last 100 attacks (an unseen type); "good" scores exactly those far from normal
     p = np.r_[rng.uniform(0, 0.3, 400), rng.uniform(0.7, 1, 200), rng.uniform(0, 0.3, 100)]
     good = np.r_[rng.uniform(0, 1, 400), rng.uniform(0, 1, 200), rng.uniform(5, 6, 100)]
-    rule, grid = bench.choose_rule(y, normal, p, {"good": good})
+    rule, grid = bench.choose_rule(y, normal, np.stack([1 - p, p], 1), {"good": good})
     assert rule["score"] == "good" and rule["val_mcc"] > grid[0]["val_mcc"]
     assert rule["thr"] == pytest.approx(np.quantile(good[normal], 1 - rule["fpr"]))
     assert len(grid) == 1 + len(bench.FPR_GRID)
     # a score independent of the label only adds false alarms: the plain classifier is kept
     noise = rng.uniform(0, 1, 700)
     p_ok = np.r_[rng.uniform(0, 0.3, 400), rng.uniform(0.7, 1, 300)]
-    rule, _ = bench.choose_rule(y, normal, p_ok, {"noise": noise})
+    rule, _ = bench.choose_rule(y, normal, np.stack([1 - p_ok, p_ok], 1), {"noise": noise})
     assert rule["score"] is None and math.isinf(rule["thr"])
 
 
@@ -97,6 +120,16 @@ def test_merge_combines_disjoint_seeds_and_recomputes_table_and_paired_gain(tmp_
     assert gain["per_seed"] == pytest.approx([100 * (a - 0.79) for a in accs])
     assert gain["mean"] == pytest.approx(100 * (np.mean(accs) - 0.79))
     assert "| binary | tchnet | 10 | 5 |" in md and "CB-GAF − concat" in md
+
+
+def test_merging_a_merge_keeps_its_calls_and_sources(tmp_path):
+    a, b = _doc(tmp_path / "a.json", [0, 1]), _doc(tmp_path / "b.json", [2])
+    bench.merge_runs([a, b], tmp_path / "m1")
+    c = _doc(tmp_path / "c.json", [3])
+    bench.merge_runs([str(tmp_path / "m1" / "results.json"), c], tmp_path / "m2")
+    doc = json.loads((tmp_path / "m2" / "results.json").read_text())
+    assert doc["merged_from"] == [a, b, c]
+    assert len(doc["env"]["runs"]) == 3 and doc["env"]["seeds"] == [0, 1, 2, 3]
 
 
 def test_merge_refuses_other_settings_and_repeated_seeds(tmp_path):
@@ -132,18 +165,20 @@ def test_row_labels_follow_the_split_and_agree_with_the_binary_labels(tmp_path):
         attack_names(df.drop(columns=["label"]))
 
 
-def test_novelty_study_chooses_on_validation_and_scores_the_full_classifier_once(tmp_path, monkeypatch):
+@pytest.mark.parametrize("task", ["binary", "5class"])
+def test_novelty_study_chooses_on_validation_and_scores_the_full_classifier_once(tmp_path, monkeypatch, task):
     lines = need(NSLKDD_FILES["train20"]).read_text().splitlines()[:3000]
     small = tmp_path / "train.txt"
     small.write_text("\n".join(lines) + "\n")
-    dm = FlowDataModule(train_path=str(small), test_path=str(small), task="binary")
+    dm = FlowDataModule(train_path=str(small), test_path=str(small), task=task)
     dm.setup()
     data = {k: bench.tensors(dm.datasets[k], torch.device("cpu")) for k in ("train", "val", "test")}
     margs = dm.model_args()
-    ctx = bench.novelty_context(data, dict(dm.row_labels), margs, dm.class_counts, 2, torch.device("cpu"))
+    ctx = bench.novelty_context(data, dict(dm.row_labels), margs, dm.class_counts, 2, torch.device("cpu"), task,
+                                dm.label_names)
     assert ctx["held"] and not ctx["unseen"].any()  # the "test" file here is the training file: nothing unseen
     full = bench.build_model("mlp", margs, 0, torch.device("cpu"))
-    bench.train_nn(full, data, "binary", dm.class_counts, 2, 0, torch.device("cpu"), lambda m: None)
+    bench.train_nn(full, data, task, dm.class_counts, 2, 0, torch.device("cpu"), lambda m: None)
     # the held-out classifier must never see a held-out type: wrap train_nn to check what it is given
     seen = []
     real = bench.train_nn
@@ -161,8 +196,10 @@ def test_novelty_study_chooses_on_validation_and_scores_the_full_classifier_once
     assert row["rule"]["val_mcc"] == best
     assert {g["score"] for g in row["val_grid"]} == {None, "knn", "iforest"}  # the MLP has no reconstruction head
     ys = data["test"][2].numpy()
-    plain = bench.flow_metrics(ys, bench.predict(full, data["test"][0], data["test"][1]).numpy())
+    plain = bench.flow_metrics(ys, bench.predict(full, data["test"][0], data["test"][1]).numpy(), dm.label_names)
+    assert row["task"] == task
     assert row["test_plain"]["accuracy"] == pytest.approx(plain["accuracy"])
+    assert ("accuracy_multiclass" in row["test"]) == (task == "5class")
     if row["rule"]["score"] is None:
         assert row["test"]["accuracy"] == pytest.approx(plain["accuracy"])
     else:
