@@ -10,10 +10,11 @@ Writes ``results.json`` and ``results.md`` and, per task, the TCH-Net of the bes
 score > threshold" (5-class, ``--novelty-tasks binary,5class``: it then gets the classifier's most probable attack
 class), chosen by a leave-attack-types-out validation without KDDTest+ (:func:`novelty_study`): attack types with
 < 1 % of the training split's rows are held out of a second training of the same classifier; the candidate scores
-(mean distance to the 5 nearest normal training flows, an isolation forest on normal training flows, TCH-Net's
-auxiliary reconstruction error) and thresholds (1 - r quantile of the validation normals, r in :data:`FPR_GRID`) are
-compared on the validation split plus the held-out rows by MCC (multi-class MCC for 5-class); the winner is applied
-to the classifier trained on the whole training split and KDDTest+ is scored once. ``--merge A.json B.json`` combines
+(mean distance to the 5 nearest normal training flows, the same in the classifier's own pre-logit space, an
+isolation forest on normal training flows, TCH-Net's auxiliary reconstruction error) and thresholds (1 - r quantile
+of the validation normals, r in :data:`FPR_GRID`) are compared on the validation split plus the held-out rows by MCC
+(multi-class MCC for 5-class); the winner is applied to the classifier trained on the whole training split and
+KDDTest+ is scored once. ``--merge A.json B.json`` combines
 runs of disjoint seeds; ``--models none`` runs the novelty studies alone.
 
 Usage::
@@ -75,9 +76,16 @@ class FlowMLP(nn.Module):
                                  nn.Linear(hidden, hidden // 2), nn.GELU(), nn.Dropout(0.15),
                                  nn.Linear(hidden // 2, num_classes))
 
-    def forward(self, x, c, return_aux=False):
+    def _inputs(self, x, c):
         x, c = x[:, -1], c[:, -1]
-        logits = self.net(torch.cat([x, *(e(c[:, i]) for i, e in enumerate(self.emb))], -1))
+        return torch.cat([x, *(e(c[:, i]) for i, e in enumerate(self.emb))], -1)
+
+    def features(self, x, c):
+        """Pre-logit features ``[B, hidden // 2]`` (the input of the last layer)."""
+        return self.net[:-1](self._inputs(x, c))
+
+    def forward(self, x, c, return_aux=False):
+        logits = self.net(self._inputs(x, c))
         return (logits, None) if return_aux else logits
 
 
@@ -191,6 +199,22 @@ def knn_score(ref: torch.Tensor, query: torch.Tensor, k: int = KNN_K, bs: int = 
 
 
 @torch.no_grad()
+def embed_points(model, x: torch.Tensor, c: torch.Tensor, bs: int = 4096) -> torch.Tensor:
+    """L2-normalised pre-logit features ``[N, E]`` of a classifier (TCH-Net's residual head before its last layer,
+    the MLP's last hidden layer): the space of the deep-kNN score (Sun et al., ICML 2022)."""
+    model.eval()
+    out = []
+    for i in range(0, len(x), bs):
+        xb, cb = x[i:i + bs], c[i:i + bs]
+        if hasattr(model, "forward_head"):
+            h = model.forward_head(model.forward_features(xb, cb)[1], pre_logits=True)
+        else:
+            h = model.features(xb, cb)
+        out.append(F.normalize(h.float(), dim=1))
+    return torch.cat(out)
+
+
+@torch.no_grad()
 def recon_score(model, x: torch.Tensor, c: torch.Tensor, bs: int = 4096) -> np.ndarray | None:
     """Per-flow MSE ``[N]`` of the model's auxiliary reconstruction of its input; `None` for models without one."""
     model.eval()
@@ -207,12 +231,17 @@ def novelty_scores(model, detectors: dict, x: torch.Tensor, c: torch.Tensor, car
                    only: str | None = None) -> dict[str, np.ndarray]:
     """The candidate novelty scores ``[N]`` (higher = less like normal training traffic) of the flows ``x, c``.
 
-    ``knn`` and ``iforest`` always; ``recon`` for models with a reconstruction head. ``only``: compute just this one.
+    ``knn`` (input space), ``knn_emb`` (the same in the classifier's own L2-normalised pre-logit space, the normal
+    training flows embedded by ``model``) and ``iforest`` always; ``recon`` for models with a reconstruction head.
+    ``only``: compute just this one.
     """
     pts = flow_points(x, c, cards)
     out = {}
     if only in (None, "knn"):
         out["knn"] = knn_score(detectors["ref"], pts)
+    if only in (None, "knn_emb"):
+        nx, nc = detectors["normal_flows"]
+        out["knn_emb"] = knn_score(embed_points(model, nx, nc), embed_points(model, x, c))
     if only in (None, "iforest"):
         out["iforest"] = -detectors["iforest"].score_samples(pts.cpu().numpy())
     if only in (None, "recon"):
@@ -222,12 +251,13 @@ def novelty_scores(model, detectors: dict, x: torch.Tensor, c: torch.Tensor, car
     return out
 
 
-def fit_detectors(ref: torch.Tensor, seed: int) -> dict:
-    """Detectors fitted on the normal training flows ``ref [N, D]`` only: the kNN reference and an isolation forest."""
+def fit_detectors(ref: torch.Tensor, seed: int, normal_flows: tuple | None = None) -> dict:
+    """Detectors fitted on the normal training flows only: the kNN reference ``ref [N, D]``, an isolation forest,
+    and the flows themselves ``(x, c)`` for the classifier-space kNN (embedded by each classifier when scored)."""
     from sklearn.ensemble import IsolationForest
 
     forest = IsolationForest(n_estimators=200, random_state=seed, n_jobs=-1).fit(ref.cpu().numpy())
-    return {"ref": ref, "iforest": forest}
+    return {"ref": ref, "iforest": forest, "normal_flows": normal_flows}
 
 
 def rule_classes(prob: np.ndarray, score: np.ndarray | None, thr: float) -> np.ndarray:
@@ -367,11 +397,12 @@ def novelty_context(data, names, margs, counts, epochs, device, task="binary", l
     """
     held = holdout_types(names["train"], data["train"][2].cpu().numpy())
     cards = margs["cat_cardinalities"]
-    normal_pts = flow_points(data["train"][0], data["train"][1], cards)[data["train"][2] == 0]
+    is_normal = data["train"][2] == 0
+    normal_pts = flow_points(data["train"][0], data["train"][1], cards)[is_normal]
     known = sorted(set(names["train"]) | set(names["val"]))
     return {"data": data, "names": names, "held": held, "cards": cards, "device": device, "margs": margs,
             "epochs": epochs, "counts": counts, "task": task, "label_names": label_names,
-            "det": fit_detectors(normal_pts, 0),
+            "det": fit_detectors(normal_pts, 0, (data["train"][0][is_normal], data["train"][1][is_normal])),
             "unseen": (data["test"][2].cpu().numpy() != 0) & ~np.isin(names["test"], known)}
 
 

@@ -32,6 +32,24 @@ def test_knn_score_is_the_mean_distance_to_the_k_nearest_reference_rows():
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["mlp", "tchnet"])
+def test_embed_points_are_unit_pre_logit_features_of_the_classifier(name):
+    margs = {"in_features": 5, "cat_cardinalities": [3, 4], "num_classes": 2, "window": 1}
+    model = bench.build_model(name, {k: v for k, v in margs.items() if k != "window"}, 0, torch.device("cpu"))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(10, 1, 5, generator=g)
+    c = torch.stack([torch.randint(0, 3, (10, 1), generator=g), torch.randint(0, 4, (10, 1), generator=g)], -1)
+    emb = bench.embed_points(model, x, c, bs=4)
+    torch.testing.assert_close(emb.norm(dim=1), torch.ones(10))
+    # the logits are a linear map of these features (before normalisation): the last layer applied to them
+    model.eval()
+    with torch.no_grad():
+        last = model.net[-1] if name == "mlp" else model.head.fc
+        raw = model.features(x, c) if name == "mlp" else model.forward_head(model.forward_features(x, c)[1], True)
+        torch.testing.assert_close(last(raw), model(x, c))
+        torch.testing.assert_close(emb, torch.nn.functional.normalize(raw, dim=1))
+
+
 def test_flow_points_one_hot_encodes_the_categories_of_the_scored_flow():
     x = torch.arange(12.0).reshape(2, 2, 3)  # [N=2, T=2, F=3]
     c = torch.tensor([[[0, 1], [2, 0]], [[1, 1], [1, 2]]])  # [N, T, K=2], cardinalities 3 and 3
@@ -194,7 +212,8 @@ def test_novelty_study_chooses_on_validation_and_scores_the_full_classifier_once
     assert row["novelty_val_rows"]["held_out"] == n_held + int(np.isin(dm.row_labels["val"], ctx["held"]).sum())
     best = max(g["val_mcc"] for g in row["val_grid"])
     assert row["rule"]["val_mcc"] == best
-    assert {g["score"] for g in row["val_grid"]} == {None, "knn", "iforest"}  # the MLP has no reconstruction head
+    # the MLP has no reconstruction head
+    assert {g["score"] for g in row["val_grid"]} == {None, "knn", "knn_emb", "iforest"}
     ys = data["test"][2].numpy()
     plain = bench.flow_metrics(ys, bench.predict(full, data["test"][0], data["test"][1]).numpy(), dm.label_names)
     assert row["task"] == task
