@@ -27,6 +27,8 @@ Usage::
     python benchmarks/tchnet_nslkdd.py --merge docs/benchmarks/tchnet_nslkdd.json runs/b/results.json --out runs/m
     python benchmarks/tchnet_nslkdd.py --out runs/n --models none --tasks 5class --novelty tchnet,mlp \
         --novelty-tasks 5class                                                      # the 5-class novelty study only
+    python benchmarks/tchnet_nslkdd.py --record-novelty tchnet.nslkdd_binary --out runs/guarded   # CPU, ~15 s:
+        # the rule validation chose (kNN, 10 % false alarms) into the classifier's config, scored on KDDTest+
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import copy
 import json
 import math
 import platform
+import shutil
 import time
 from pathlib import Path
 
@@ -45,8 +48,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from gatedzoo.data.flows import FlowDataModule
-from gatedzoo.tasks.flows import class_weights, flow_metrics, focal_loss
+from gatedzoo.io import write_json
+from gatedzoo.layers import combine_novelty, novelty_rule
+from gatedzoo.tasks.flows import class_weights, evaluate_flows, fit_novelty_guard, flow_metrics, focal_loss
 from gatedzoo.zoo import create_model
+from gatedzoo.zoo.pretrained import CONFIG_NAME, WEIGHTS_NAME, resolve_source
 
 #: widths of the shipped TCH-Net (paper widths halved; about 0.73 M parameters with the NSL-KDD vocabulary)
 SMALL = dict(conv_channels=[32, 64, 64], gru=64, gru2=32, conv2=32, tf_dim=64, tf_heads=4, tf_ffn=128, merge_heads=4,
@@ -261,38 +267,20 @@ def fit_detectors(ref: torch.Tensor, seed: int, normal_flows: tuple | None = Non
 
 
 def rule_classes(prob: np.ndarray, score: np.ndarray | None, thr: float) -> np.ndarray:
-    """Class ``[N]`` of each flow under the novelty rule: the arg-max of ``prob [N, C]`` (class 0 = normal), except
-    that a flow the classifier calls normal whose novelty ``score`` exceeds ``thr`` becomes an attack: for C = 2
-    "attack if p(attack) > 0.5 or score > thr", for more classes the flow's most probable attack class."""
-    pred = np.asarray(prob).argmax(1)
-    if score is None:
-        return pred
-    flag = (pred == 0) & (np.asarray(score) > thr)
-    pred[flag] = 1 + np.asarray(prob)[flag, 1:].argmax(1)
-    return pred
+    """Class ``[N]`` of each flow under the novelty rule (:func:`gatedzoo.layers.novelty_rule` on numpy arrays): the
+    arg-max of ``prob [N, C]`` (class 0 = normal), except that a flow the classifier calls normal whose novelty
+    ``score`` exceeds ``thr`` becomes an attack: for C = 2 "attack if p(attack) > 0.5 or score > thr", for more
+    classes the flow's most probable attack class."""
+    s = None if score is None else torch.as_tensor(np.asarray(score, np.float64))
+    return novelty_rule(torch.as_tensor(np.asarray(prob)), s, thr).numpy()
 
 
 def combine(prob: np.ndarray, score: np.ndarray | None, thr: float) -> np.ndarray:
     """Class probabilities ``[N, C]`` whose arg-max is :func:`rule_classes` and whose attack score ``1 - p(normal)``
-    is ``max(1 - p0, g)`` with ``g = s / (s + thr)`` (``s`` clipped at 0), so the ranking metrics (ROC-AUC, PR-AUC)
-    see both signals: ``g > 0.5`` exactly when ``s > thr``. The attack classes keep their proportions, except that a
-    flow the rule turns into an attack puts the whole attack mass on its chosen class. ``score`` `None` (rule off)
-    returns ``prob`` unchanged."""
-    p = np.asarray(prob, np.float64)
-    if score is None:
-        return p.copy()
-    s = np.maximum(np.asarray(score, np.float64), 0.0)
-    g = s / (s + thr)
-    att = 1.0 - p[:, 0]
-    new = np.maximum(att, g)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        share = np.where(att[:, None] > 0, p[:, 1:] / att[:, None], 1.0 / (p.shape[1] - 1))
-    out = np.concatenate([(1.0 - new)[:, None], new[:, None] * share], 1)
-    pred = rule_classes(p, s, thr)
-    flag = pred != p.argmax(1)
-    out[flag, 1:] = 0.0
-    out[flag, pred[flag]] = new[flag]
-    return out
+    is ``max(1 - p0, s / (s + thr))`` (:func:`gatedzoo.layers.combine_novelty` on numpy arrays), so the ranking
+    metrics (ROC-AUC, PR-AUC) see both signals. ``score`` `None` (rule off) returns ``prob`` unchanged."""
+    s = None if score is None else torch.as_tensor(np.asarray(score, np.float64))
+    return combine_novelty(torch.as_tensor(np.asarray(prob, np.float64)), s, thr).numpy()
 
 
 def choose_rule(y: np.ndarray, normal: np.ndarray, prob: np.ndarray, scores: dict) -> tuple[dict, list]:
@@ -404,6 +392,33 @@ def novelty_context(data, names, margs, counts, epochs, device, task="binary", l
             "epochs": epochs, "counts": counts, "task": task, "label_names": label_names,
             "det": fit_detectors(normal_pts, 0, (data["train"][0][is_normal], data["train"][1][is_normal])),
             "unseen": (data["test"][2].cpu().numpy() != 0) & ~np.isin(names["test"], known)}
+
+
+def record_novelty(source: str, out: Path, fpr: float = 0.1, k: int = KNN_K) -> dict:
+    """Record the validated novelty rule in the binary classifier's zoo config (``novelty_rule``) and score it.
+
+    ``source``: a zoo name or folder of a binary TCH-Net trained here. The rule is the one the leave-attack-types-out
+    validation chose for every network and seed (kNN over ``k`` = 5 normal training flows, threshold at a ``fpr`` =
+    10 % false-alarm rate on the validation normals). The guard is fitted on this benchmark's split (seed 0), KDDTest+
+    is scored once with it, and the folder ``out`` gets the source's files unchanged (the guard's reference flows are
+    rows of the training data, so they are not saved: ``gatedzoo eval NAME --novelty`` re-reads them) except that its
+    config gains ``novelty_rule``: the rule, its threshold, its reference split and its KDDTest+ metrics."""
+    model = create_model(source, pretrained=True)
+    if model.zoo_config.get("flow_task") != "binary":
+        raise ValueError(f"{source} is a {model.zoo_config.get('flow_task')} model; the validated rule is binary.")
+    # this benchmark's split and preprocessing (seed 0); fit_novelty_guard refuses a different scaler
+    dm = FlowDataModule(task="binary", seed=0, window=int(model.zoo_config.get("window", 1)))
+    fit_novelty_guard(model, dm, fpr, k)
+    metrics = evaluate_flows(model)
+    rule = model.zoo_config["novelty_rule"]
+    rule.update({"chosen_by": "leave-attack-types-out validation, every network and seed (docs/models/tchnet.md)",
+                 "recorded_by": f"benchmarks/tchnet_nslkdd.py --record-novelty {source}",
+                 "test_metrics": metrics})
+    _, folder = resolve_source(source, True)
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(folder / WEIGHTS_NAME, out / WEIGHTS_NAME)
+    write_json(out / CONFIG_NAME, {**json.loads((folder / CONFIG_NAME).read_text()), "novelty_rule": rule})
+    return rule
 
 
 def build_model(model_name, margs, seed, device):
@@ -601,10 +616,15 @@ def main():
                     help="only merge these results.json files (same settings, disjoint seeds) into --out")
     ap.add_argument("--plot", default="", help="only plot the shipped weights' KDDTest+ confusion matrices to this PNG")
     ap.add_argument("--limit", type=int, default=0, help="use only this many training rows (smoke tests)")
+    ap.add_argument("--record-novelty", default="", metavar="MODEL", help="only write --out: MODEL (binary TCH-Net) "
+                    "with the validated kNN novelty rule recorded in its config, scored on KDDTest+")
     args = ap.parse_args()
     if args.plot:
         return plot_confusion(args.plot)
     out = Path(args.out)
+    if args.record_novelty:
+        print(json.dumps(record_novelty(args.record_novelty, out), indent=2))
+        return None
     if args.merge:
         print(merge_runs(args.merge, out))
         return None

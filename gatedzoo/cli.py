@@ -150,7 +150,13 @@ def cmd_eval(args) -> int:
         print(f"gatedzoo eval: no evaluator for task {task!r} (model {args.name}); known: {sorted(tasks.EVALUATORS)}",
               file=sys.stderr)
         return 2
-    metrics = tasks.EVALUATORS[task](model, data=args.data, split=args.split)
+    extra = {}
+    if args.novelty:
+        if task != "flow_classification":
+            print(f"gatedzoo eval: --novelty applies to flow models; {args.name} is a {task!r} model.", file=sys.stderr)
+            return 2
+        extra["novelty"] = True
+    metrics = tasks.EVALUATORS[task](model, data=args.data, split=args.split, **extra)
     if args.json:
         print(json.dumps({"model": args.name, "split": args.split, "data": args.data, "metrics": metrics}, indent=2))
     else:
@@ -206,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", default=None, help="a file in the dataset's format (default: the weights' own data)")
     s.add_argument("--split", default="test")
     s.add_argument("--json", action="store_true")
+    s.add_argument("--novelty", action="store_true", help="flow models: add the novelty guard their config records "
+                   "(its reference flows are re-read from the training data)")
     s.set_defaults(fn=cmd_eval)
     s = sub.add_parser("ship", help="(maintainers) copy trained zoo weights into the package and the manifest")
     s.add_argument("folder", help="folder written by save_pretrained / SaveZooWeights")

@@ -9,7 +9,8 @@ normalised. A residual MLP head classifies, and an auxiliary decoder reconstruct
 
 Inputs: ``x_num`` float ``[B, T, F]`` (scaled flow features of the ``T`` flows of a window, the last one being the
 flow scored), ``x_cat`` long ``[B, T, K]`` (categorical codes, 0 = unknown), ``ctx`` long ``[B, 2]`` (dataset and
-device ids). Output: logits ``[B, num_classes]``.
+device ids). Output: logits ``[B, num_classes]``. With a novelty guard attached (:meth:`TCHNet.attach_novelty`), the
+logits of an inference call are those of the guarded detector (:class:`gatedzoo.layers.KNNNoveltyGuard`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gatedzoo.kernels import attention
-from gatedzoo.layers import GatedFusion, MultiheadAttention
+from gatedzoo.layers import GatedFusion, KNNNoveltyGuard, MultiheadAttention
 from gatedzoo.zoo import ZooMixin, register_model
 
 
@@ -220,6 +221,9 @@ class TCHNet(ZooMixin, nn.Module):
         dropout (float): Default: ``0.15``.
         attn_backend (str): backend of every attention call (``"auto"``, ``"reference"``, ``"sdpa"``, ``"triton"``).
             Default: ``"auto"``.
+        novelty (dict): arguments of a :class:`~gatedzoo.layers.KNNNoveltyGuard` over the scored flow (``k``,
+            ``ref_rows``, ``false_alarm_rate``); set by :meth:`attach_novelty`, so that loading weights rebuilds it.
+            Default: none.
     """
 
     zoo_adaptable = ("head.fc",)
@@ -230,7 +234,7 @@ class TCHNet(ZooMixin, nn.Module):
                  tf_dim: int = 128, tf_layers: int = 2, tf_heads: int = 8, tf_ffn: int = 512, merge_heads: int = 8,
                  pool_len: int = 8, max_len: int = 64, stat_hidden: int = 128, stat_dim: int = 64,
                  fusion_dim: int = 128, fusion: str = "cbgaf", raw_dim: int = 64, head_hidden: int = 256,
-                 aux_hidden: int = 64, dropout: float = 0.15, attn_backend: str = "auto"):
+                 aux_hidden: int = 64, dropout: float = 0.15, attn_backend: str = "auto", novelty: dict | None = None):
         super().__init__()
         cards = list(cat_cardinalities or [])
         self.in_features, self.num_classes = in_features, num_classes
@@ -249,6 +253,23 @@ class TCHNet(ZooMixin, nn.Module):
         self.head = FusionHead(self.num_features, head_hidden, num_classes, dropout)
         self.aux = nn.Sequential(nn.Linear(self.fusion.out_dim, aux_hidden), nn.GELU(),
                                  nn.Linear(aux_hidden, in_features))
+        self.novelty = KNNNoveltyGuard(in_features, cards, **novelty) if novelty else None
+
+    def attach_novelty(self, guard: KNNNoveltyGuard | None) -> None:
+        """Use ``guard`` on every inference call (``model.eval()``, no ``return_aux``): a flow the classifier calls
+        normal becomes an attack when it is unlike the guard's normal reference flows. `None` removes it. Recorded in
+        ``zoo_config['model_args']`` so that ``save_pretrained`` / ``create_model`` carry it."""
+        cards = [e.num_embeddings for e in self.cat_embed]
+        if guard is not None and (guard.num_features != self.in_features or guard.cards != cards):
+            raise ValueError(f"the guard reads {guard.num_features} features and categories {guard.cards}, the model "
+                             f"{self.in_features} and {cards}; fit it on this model's preprocessed flows.")
+        self.novelty = guard
+        args = getattr(self, "zoo_config", {}).get("model_args")
+        if args is not None:
+            if guard is None:
+                args.pop("novelty", None)
+            else:
+                args["novelty"] = guard.config()
 
     def _inputs(self, x_num: torch.Tensor, x_cat: torch.Tensor | None) -> torch.Tensor:
         if x_num.ndim == 2:
@@ -280,10 +301,20 @@ class TCHNet(ZooMixin, nn.Module):
 
     def forward(self, x_num: torch.Tensor, x_cat: torch.Tensor | None = None, ctx: torch.Tensor | None = None,
                 return_aux: bool = False):
-        """Logits ``[B, num_classes]``; with ``return_aux`` also the reconstruction ``[B, F]`` of ``mean_t x_num``."""
+        """Logits ``[B, num_classes]``; with ``return_aux`` also the reconstruction ``[B, F]`` of ``mean_t x_num``.
+
+        In eval mode without ``return_aux``, an attached novelty guard turns the logits into those of the guarded
+        detector (log-probabilities of the rule; training and ``return_aux`` calls always see the plain classifier).
+        """
         fused, z = self.forward_features(x_num, x_cat, ctx)
         logits = self.head(z)
-        return (logits, self.aux(fused)) if return_aux else logits
+        if return_aux:
+            return logits, self.aux(fused)
+        if self.novelty is not None and not self.training:
+            last = x_num if x_num.ndim == 2 else x_num[:, -1]
+            cat = None if x_cat is None else (x_cat if x_cat.ndim == 2 else x_cat[:, -1])
+            logits = self.novelty(logits, last, cat)
+        return logits
 
     def reset_classifier(self, num_classes: int) -> None:
         self.num_classes = num_classes

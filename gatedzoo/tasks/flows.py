@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -226,13 +227,108 @@ def predict_table(model, df, fmt: str | None = None, batch_size: int = 2048) -> 
     return torch.cat(out).numpy() if out else np.zeros((0, model.num_classes))
 
 
+def _scored_flows(ds, normal_only: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """The scored (last) flow of every window of a :class:`~gatedzoo.data.flows.FlowWindows`: ``x_num [N, F]``,
+    ``x_cat [N, K]``; ``normal_only``: only the windows labelled 0 (normal)."""
+    rows = ds.index[:, -1] if ds.index.ndim == 2 else ds.index
+    if normal_only:
+        rows = rows[ds.y == 0]
+    return ds.x_num[rows], ds.x_cat[rows]
+
+
+def fit_novelty_guard(model, datamodule, false_alarm_rate: float = 0.1, k: int = 5):
+    """Fit a :class:`~gatedzoo.layers.KNNNoveltyGuard` on a flow data module and attach it to ``model`` (TCH-Net).
+
+    The reference is the training split's normal flows, the threshold the ``1 - false_alarm_rate`` quantile of the
+    score on the validation split's normal flows (so about that share of normal traffic is flagged). Both splits are
+    read through the data module's preprocessing, which must be the model's (the module that trained it, or one
+    built with ``preprocessor_from`` the model's weights). The rule and how to rebuild its reference are recorded in
+    ``model.zoo_config['novelty_rule']`` (see :func:`rebuild_novelty_guard`). Returns the guard.
+
+    ``tchnet.nslkdd_binary`` records ``false_alarm_rate=0.1, k=5``: the rule that a leave-attack-types-out
+    validation chose for every network and seed (``benchmarks/tchnet_nslkdd.py --novelty``).
+    """
+    from gatedzoo.layers import KNNNoveltyGuard
+
+    datamodule.setup("fit")
+    if not hasattr(model, "attach_novelty"):
+        raise TypeError(f"{type(model).__name__} takes no novelty guard; use TCH-Net (create_model('tchnet', ...)).")
+    want = datamodule.model_args()
+    cards = [e.num_embeddings for e in model.cat_embed]
+    if want["in_features"] != model.in_features or want["cat_cardinalities"] != cards:
+        raise ValueError(f"the data module gives {want['in_features']} features and categories "
+                         f"{want['cat_cardinalities']}, the model reads {model.in_features} and {cards}; build the "
+                         "data module with preprocessor_from set to the model's weights.")
+    have = getattr(model, "zoo_config", {}).get("preprocessing")
+    if have is not None:
+        mine = datamodule.zoo_metadata()["preprocessing"]
+        same = have["features"] == mine["features"] and all(
+            np.allclose(np.asarray(have[key], float), np.asarray(mine[key], float)) for key in ("center", "scale"))
+        if not same:
+            raise ValueError("the data module's preprocessing (features, scaler) differs from the one the model "
+                             "stores, so the guard would compare flows on another scale; fit the guard with the data "
+                             "module that trained the model (the same tables, split seed and preprocessor_from).")
+    ref, calib = _scored_flows(datamodule.datasets["train"]), _scored_flows(datamodule.datasets["val"])
+    if len(ref[0]) < k:
+        raise ValueError(f"the training split has {len(ref[0])} normal flows; the guard needs at least k={k}.")
+    guard = KNNNoveltyGuard.fit(*ref, *calib, cards, k=k, false_alarm_rate=false_alarm_rate)
+    model.attach_novelty(guard.to(next(model.parameters()).device))
+    dm = datamodule
+    # a user's table by its absolute path; a data-directory file by its name there (found again on any machine)
+    train = str(Path(dm.train_path).expanduser().resolve()) if dm.train_path else dm.train_name
+    reference = {"train_path": train, "format": dm.format, "task": dm.task,
+                 "val_fraction": dm.val_fraction, "window": dm.window, "seed": dm.seed,
+                 "preprocessor_from": dm.preprocessor_from, "max_train_rows": dm.max_train_rows}
+    rule = {"score": "knn", "k": k, "false_alarm_rate": false_alarm_rate, "threshold": float(guard.threshold),
+            "reference_flows": len(guard.ref_num), "reference": reference}
+    if hasattr(model, "zoo_config"):  # replaces an earlier rule whole: its notes and metrics described other data
+        model.zoo_config["novelty_rule"] = rule
+    return guard
+
+
+def rebuild_novelty_guard(model):
+    """Rebuild the guard that ``model.zoo_config['novelty_rule']`` records and attach it; returns it.
+
+    Shipped weights carry the rule (score, ``k``, false-alarm rate, the threshold it gave) and how its reference was
+    drawn (training table, split), not the reference flows themselves, which are rows of the training data: they are
+    re-read from the data directory (NSL-KDD files are fetched with their sha256 when online) and the threshold is
+    recomputed and checked against the recorded one. ``gatedzoo eval NAME --novelty`` calls this.
+    """
+    from gatedzoo.data.flows import NSLKDD_FILES, FlowDataModule, fetch
+
+    rule = getattr(model, "zoo_config", {}).get("novelty_rule")
+    if not rule or "reference" not in rule:
+        raise ValueError("the model records no novelty rule (zoo_config['novelty_rule']); fit one on your flows with "
+                         "gatedzoo.tasks.flows.fit_novelty_guard(model, datamodule).")
+    ref = dict(rule["reference"])
+    known = {f.relpath: f for f in NSLKDD_FILES.values()}
+    if ref["train_path"] in known:  # a data-directory file: its local copy, verified (or downloaded when online)
+        ref["train_path"] = str(fetch(known[ref["train_path"]]))
+    guard = fit_novelty_guard(model, FlowDataModule(**ref), rule["false_alarm_rate"], rule["k"])
+    model.zoo_config["novelty_rule"] = rule  # the recorded rule, with its notes and metrics, stays the model's
+    recorded = rule.get("threshold")
+    if recorded is not None and not math.isclose(float(guard.threshold), recorded, rel_tol=1e-9):
+        model.attach_novelty(None)
+        raise ValueError(f"the rebuilt guard's threshold {float(guard.threshold):.10g} differs from the recorded "
+                         f"{recorded:.10g}: the reference data are not those the rule was fitted on (check the "
+                         f"file {ref['train_path']} against the one in the model's training_data).")
+    return guard
+
+
 @register_evaluator("flow_classification")
-def evaluate_flows(model, data: str | None = None, split: str = "test") -> dict[str, float]:
-    """Score a flow model on its test table (NSL-KDD ``KDDTest+``) or on ``data`` (a table in its format)."""
+def evaluate_flows(model, data: str | None = None, split: str = "test", novelty: bool = False) -> dict[str, float]:
+    """Score a flow model on its test table (NSL-KDD ``KDDTest+``) or on ``data`` (a table in its format).
+
+    ``novelty``: first rebuild the novelty guard the model's config records (:func:`rebuild_novelty_guard`). With a
+    guard attached, the metrics are the guarded detector's, followed by the classifier's own (``classifier_*``),
+    the share of flows only the guard flagged (``novelty_flagged``) and the false alarms on normal flows of both.
+    """
     from gatedzoo.data.flows import NSLKDD_FILES, fetch, labels_of, read_flow_table
 
     cfg = model.zoo_config
     fmt = cfg.get("preprocessing", {}).get("format", "nslkdd")
+    if novelty and getattr(model, "novelty", None) is None:
+        rebuild_novelty_guard(model)
     if data is None:
         if split != "test" or fmt != "nslkdd":
             raise ValueError(f"no default {split} table for a {fmt} model; pass --data PATH.")
@@ -242,8 +338,24 @@ def evaluate_flows(model, data: str | None = None, split: str = "test") -> dict[
     y = labels_of(df, fmt, task)
     prob = predict_table(model, df, fmt)
     metrics = flow_metrics(y, prob, cfg.get("label_names"))
+    guard = getattr(model, "novelty", None)
+    if guard is not None and guard.enabled:
+        # the guarded detector's metrics first, then the classifier's own, so the guard's share is visible
+        guard.enabled = False
+        try:
+            plain = predict_table(model, df, fmt)
+        finally:
+            guard.enabled = True
+        alone = flow_metrics(y, plain, cfg.get("label_names"))
+        normal = y == 0
+        metrics["novelty_flagged"] = float(((prob.argmax(1) != 0) & (plain.argmax(1) == 0)).mean())
+        if normal.any():
+            metrics["false_alarms"] = float((prob.argmax(1)[normal] != 0).mean())
+            metrics["classifier_false_alarms"] = float((plain.argmax(1)[normal] != 0).mean())
+        metrics.update({f"classifier_{k}": alone[k] for k in ("accuracy", "f1_attack", "mcc", "roc_auc") if k in alone})
     return {k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v) for k, v in metrics.items()}
 
 
 __all__ = ["FlowClassification", "TEST_ACC", "TEST_F1", "VAL_ACC", "VAL_F1", "VAL_MACRO_F1", "VAL_MCC", "class_weights",
-           "evaluate_flows", "flow_metrics", "focal_loss", "fpr_at_tpr", "predict_table"]
+           "evaluate_flows", "fit_novelty_guard", "flow_metrics", "focal_loss", "fpr_at_tpr", "predict_table",
+           "rebuild_novelty_guard"]

@@ -17,10 +17,12 @@ from gatedzoo.tasks.flows import (
     FlowClassification,
     class_weights,
     evaluate_flows,
+    fit_novelty_guard,
     flow_metrics,
     focal_loss,
     fpr_at_tpr,
     predict_table,
+    rebuild_novelty_guard,
 )
 
 TINY = dict(conv_channels=[8, 16, 16], gru=8, gru2=8, conv2=8, tf_dim=16, tf_heads=2, tf_ffn=32, merge_heads=2,
@@ -31,6 +33,10 @@ GOLDEN = {
     "tchnet.nslkdd_binary": {"accuracy": 0.816137, "mcc": 0.655674, "roc_auc": 0.936082},
     "tchnet.nslkdd_5class": {"accuracy_multiclass": 0.806689, "accuracy": 0.827049, "mcc": 0.673229},
 }
+#: ``gatedzoo eval tchnet.nslkdd_binary --novelty --json``: the classifier + the validated kNN novelty guard rebuilt
+#: from the training file; its classifier_* metrics are the plain weights' above
+GOLDEN_NOVELTY = {"accuracy": 0.91266, "mcc": 0.82201, "roc_auc": 0.95625, "false_alarms": 0.137473,
+                  "novelty_flagged": 0.150284, "classifier_accuracy": 0.816137, "classifier_false_alarms": 0.07507}
 
 
 def _need(key):
@@ -115,6 +121,21 @@ def test_golden_shipped_weights(name, capsys):
         assert got[key] == pytest.approx(value, abs=2e-4), key
 
 
+def test_golden_shipped_weights_with_their_novelty_rule(capsys):
+    _need("test"), _need("train20")
+    assert main(["eval", "tchnet.nslkdd_binary", "--novelty", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)["metrics"]
+    for key, value in GOLDEN_NOVELTY.items():
+        assert got[key] == pytest.approx(value, abs=2e-4), key
+    # the rule ships as config (its reference flows are training rows, re-read from the data directory), not weights
+    model = create_model("tchnet.nslkdd_binary", pretrained=True)
+    assert model.novelty is None and model.zoo_config["novelty_rule"]["test_metrics"]["accuracy"] == got["accuracy"]
+    rebuild_novelty_guard(model)
+    assert model.novelty is not None and "test_metrics" in model.zoo_config["novelty_rule"]  # the record is kept
+    assert main(["eval", "gateformer.etth1_96", "--novelty"]) == 2
+    assert "applies to flow models" in capsys.readouterr().err
+
+
 def test_finetune_keeps_encodings_and_swaps_the_head(tmp_path):
     _need("train20")
     trainer_args = dict(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
@@ -129,3 +150,81 @@ def test_finetune_keeps_encodings_and_swaps_the_head(tmp_path):
     task = FlowClassification("tchnet.nslkdd_binary", pretrained=True)
     with pytest.raises(ValueError, match="preprocessor_from"):
         L.Trainer(**trainer_args).fit(task, FlowDataModule(max_train_rows=800, batch_size=64))
+
+
+def test_fit_novelty_guard_on_real_flows_and_its_refusals(tmp_path):
+    _need("train20")
+    dm = FlowDataModule(task="binary", max_train_rows=1500, batch_size=128)
+    dm.setup("fit")
+    model = create_model("tchnet", **TINY, **dm.model_args())
+    model.zoo_config.update(dm.zoo_metadata())
+    guard = fit_novelty_guard(model, dm, false_alarm_rate=0.2, k=3)
+    train, val = dm.datasets["train"], dm.datasets["val"]
+    assert model.novelty is guard and len(guard.ref_num) == int((train.y == 0).sum())
+    normal = val.y == 0
+    flagged = guard.score(val.x_num[val.index[:, -1]][normal], val.x_cat[val.index[:, -1]][normal]) > guard.threshold
+    assert abs(float(flagged.double().mean()) - 0.2) < 0.02  # the calibration normals flag at the chosen rate
+    with torch.no_grad():  # an untrained classifier that calls every flow normal: what is flagged is the guard's
+        model.head.fc.bias.copy_(torch.tensor([20.0, -20.0]))
+    test = read_nslkdd(_need("test")).head(400)
+    path = tmp_path / "flows.txt"
+    test.to_csv(path, header=False, index=False)
+    got = evaluate_flows(model, data=str(path))
+    guard.enabled = False
+    plain = predict_table(model, test)
+    guard.enabled = True
+    guarded = predict_table(model, test)
+    y = (test["label"] != "normal").to_numpy().astype(int)
+    assert got["accuracy"] == pytest.approx((guarded.argmax(1) == y).mean(), abs=1e-6)
+    assert got["classifier_accuracy"] == pytest.approx((plain.argmax(1) == y).mean(), abs=1e-6)
+    assert got["novelty_flagged"] == pytest.approx(((guarded.argmax(1) == 1) & (plain.argmax(1) == 0)).mean(), abs=1e-6)
+    assert (plain.argmax(1) == 0).all() and got["classifier_accuracy"] == pytest.approx((y == 0).mean(), abs=1e-6)
+    assert got["novelty_flagged"] > 0.3 and got["accuracy"] > got["classifier_accuracy"]
+    # the model's category encodings with a scaler refitted on other rows would put the flows on another scale
+    model.save_pretrained(tmp_path / "m")
+    other = FlowDataModule(task="binary", max_train_rows=1500, seed=1, preprocessor_from=str(tmp_path / "m"))
+    with pytest.raises(ValueError, match="preprocessing .* differs"):
+        fit_novelty_guard(model, other)
+    with pytest.raises(ValueError, match="preprocessor_from"):
+        fit_novelty_guard(create_model("tchnet", in_features=5, **TINY), dm)
+
+
+def test_rebuild_novelty_guard_from_the_recorded_rule(tmp_path, monkeypatch):
+    _need("train20")
+    dm = FlowDataModule(task="binary", max_train_rows=1500)
+    dm.setup("fit")
+    model = create_model("tchnet", **TINY, **dm.model_args())
+    model.zoo_config.update(dm.zoo_metadata())
+    with pytest.raises(ValueError, match="records no novelty rule"):
+        rebuild_novelty_guard(model)
+    guard = fit_novelty_guard(model, dm, false_alarm_rate=0.2, k=3)
+    rule = model.zoo_config["novelty_rule"]
+    assert rule["k"] == 3 and rule["false_alarm_rate"] == 0.2 and rule["reference"]["max_train_rows"] == 1500
+    assert rule["reference"]["train_path"] == "nsl_kdd/KDDTrain+_20Percent.txt"  # found again in any data directory
+    assert rule["reference_flows"] == len(guard.ref_num) and rule["threshold"] == float(guard.threshold)
+    model.attach_novelty(None)  # what ships: the rule, without the reference rows
+    model.save_pretrained(tmp_path / "w")
+    loaded = create_model(str(tmp_path / "w"))
+    assert loaded.novelty is None
+    again = rebuild_novelty_guard(loaded)
+    assert loaded.novelty is again and float(again.threshold) == rule["threshold"]
+    torch.testing.assert_close(again.ref_num, guard.ref_num)
+    loaded.attach_novelty(None)
+    loaded.zoo_config["novelty_rule"]["threshold"] *= 1.01
+    with pytest.raises(ValueError, match="differs from the recorded"):
+        rebuild_novelty_guard(loaded)
+    assert loaded.novelty is None
+    # a user's table is recorded by its absolute path, so the rule rebuilds from another working directory
+    lines = _need("train20").read_text().splitlines()[:1200]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.csv").write_text("\n".join(lines) + "\n")
+    mine = FlowDataModule(train_path="mine.csv", preprocessor_from=str(tmp_path / "w"))
+    mine.setup("fit")
+    user = create_model(str(tmp_path / "w"))
+    user.zoo_config.update(mine.zoo_metadata())
+    fit_novelty_guard(user, mine)
+    assert user.zoo_config["novelty_rule"]["reference"]["train_path"] == str(tmp_path / "mine.csv")
+    monkeypatch.chdir("/")
+    threshold = float(user.novelty.threshold)
+    user.attach_novelty(None)
+    assert float(rebuild_novelty_guard(user).threshold) == threshold
