@@ -14,7 +14,8 @@ class), chosen by a leave-attack-types-out validation without KDDTest+ (:func:`n
 isolation forest on normal training flows, TCH-Net's auxiliary reconstruction error) and thresholds (1 - r quantile
 of the validation normals, r in :data:`FPR_GRID`) are compared on the validation split plus the held-out rows by MCC
 (multi-class MCC for 5-class); the winner is applied to the classifier trained on the whole training split and
-KDDTest+ is scored once. ``--merge A.json B.json`` combines
+KDDTest+ is scored once. ``--holdout-keep-class`` leaves every attack class its most frequent type in training (a
+second design for 5-class, where the first holds out every R2L and U2R row). ``--merge A.json B.json`` combines
 runs of disjoint seeds; ``--models none`` runs the novelty studies alone.
 
 Usage::
@@ -61,7 +62,9 @@ SMALL = dict(conv_channels=[32, 64, 64], gru=64, gru2=32, conv2=32, tf_dim=64, t
 RECIPE = dict(lr=5e-4, weight_decay=5e-5, warmup_epochs=2, min_lr_ratio=0.05, batch_size=512, gamma=2.0,
               smoothing=0.01, aux_weight=0.05, noise_std=0.01, noise_p=0.3, patience=6, grad_clip=1.0)
 #: the settings a merged run must share with the run it extends (``--merge``)
-SAME_SETTINGS = ("epochs", "recipe", "widths", "limit")
+SAME_SETTINGS = ("epochs", "recipe", "widths", "limit", "holdout_keep_class")
+#: values of settings that runs recorded before the setting existed
+SETTING_DEFAULTS = {"holdout_keep_class": False}
 #: leave-attack-types-out validation of the novelty rule: attack types with fewer than this share of the training
 #: split's rows are held out of training (rare types stand in for types never seen); fixed before any run
 HOLDOUT_SHARE = 0.01
@@ -181,10 +184,21 @@ def run_hgb(data_np, task, counts, seed, max_iter=300):
     return best[0], best[1], prob
 
 
-def holdout_types(names: np.ndarray, y: np.ndarray, share: float = HOLDOUT_SHARE) -> list[str]:
-    """Attack types (raw names) whose rows are fewer than ``share`` of ``names [N]`` (``y [N]``: 0 = normal)."""
-    types, counts = np.unique(names[y != 0], return_counts=True)
-    return sorted(str(t) for t, c in zip(types, counts) if c < share * len(names))
+def holdout_types(names: np.ndarray, y: np.ndarray, share: float = HOLDOUT_SHARE,
+                  keep_per_class: bool = False) -> list[str]:
+    """Attack types (raw names) whose rows are fewer than ``share`` of ``names [N]`` (``y [N]``: 0 = normal).
+
+    ``keep_per_class``: a class (value of ``y``) whose every type is rare keeps its most frequent type in training,
+    so that a classifier trained without the held-out types can still predict every class (5-class: R2L keeps
+    ``warezclient``, U2R ``buffer_overflow``; for binary labels nothing changes while one attack type is common).
+    """
+    rare = {str(t) for t, c in zip(*np.unique(names[y != 0], return_counts=True)) if c < share * len(names)}
+    if keep_per_class:
+        for cls in np.unique(y[y != 0]):
+            types, counts = np.unique(names[y == cls], return_counts=True)
+            if all(str(t) in rare for t in types):
+                rare.discard(str(types[counts.argmax()]))
+    return sorted(rare)
 
 
 def flow_points(x: torch.Tensor, c: torch.Tensor, cards: list[int]) -> torch.Tensor:
@@ -343,9 +357,11 @@ def novelty_study(model_name, seed, full_model, ctx, log):
     plain = flow_metrics(ys.cpu().numpy(), p_test, label_names)
     thr, s_test = math.inf, None
     if rule["score"] is not None:
-        s_val = novelty_scores(full_model, det, xv, cv, cards, rule["score"])[rule["score"]]
+        # one call for both splits: a row's score does not depend on the others, and the classifier-space kNN then
+        # embeds its normal reference flows once
+        s = novelty_scores(full_model, det, torch.cat([xv, xs]), torch.cat([cv, cs]), cards, rule["score"])
+        s_val, s_test = np.split(s[rule["score"]], [len(xv)])
         thr = float(np.quantile(s_val[yv.cpu().numpy() == 0], 1 - rule["fpr"]))
-        s_test = novelty_scores(full_model, det, xs, cs, cards, rule["score"])[rule["score"]]
     prob = combine(p_test, s_test, thr)
     ys_np = ys.cpu().numpy()
     m = flow_metrics(ys_np, prob, label_names)
@@ -373,17 +389,19 @@ def novelty_study(model_name, seed, full_model, ctx, log):
     return row
 
 
-def novelty_context(data, names, margs, counts, epochs, device, task="binary", label_names=None) -> dict:
+def novelty_context(data, names, margs, counts, epochs, device, task="binary", label_names=None,
+                    keep_per_class: bool = False) -> dict:
     """What :func:`novelty_study` needs of one data set (``task`` "binary" or "5class", its ``label_names``).
 
     Args:
         data: split -> ``(x [N, T, F], c [N, T, K], y [N])`` tensors on ``device``. names: split -> ``[N]`` attack
             names. margs: the networks' arguments. counts: training class counts. epochs: the recipe's maximum.
+        keep_per_class: the held-out types leave every class one type (:func:`holdout_types`).
     Returns: the held-out types, detectors fitted on the training split's normal flows (seed 0: they do not depend
     on the classifier's seed) and the diagnostic mask ``unseen [N_test]`` of test attacks of types absent from the
     training file (never used for a choice).
     """
-    held = holdout_types(names["train"], data["train"][2].cpu().numpy())
+    held = holdout_types(names["train"], data["train"][2].cpu().numpy(), keep_per_class=keep_per_class)
     cards = margs["cat_cardinalities"]
     is_normal = data["train"][2] == 0
     normal_pts = flow_points(data["train"][0], data["train"][1], cards)[is_normal]
@@ -552,9 +570,10 @@ def write_report(out: Path, env, rows, nrows, sources=None) -> str:
     if sources:
         doc["merged_from"] = sources
     (out / "results.json").write_text(json.dumps(doc, indent=1))
-    md = markdown(summarise(rows)) + "\n" + ("\n" + gain_markdown(gains) + "\n" if gains else "")
+    # a novelty-only run (--models none) has no comparison table
+    md = (markdown(summarise(rows)) + "\n" if rows else "") + ("\n" + gain_markdown(gains) + "\n" if gains else "")
     if nrows:
-        md += "\n" + novelty_markdown(nrows) + "\n"
+        md += ("\n" if md else "") + novelty_markdown(nrows) + "\n"
     (out / "results.md").write_text(md)
     return md
 
@@ -568,11 +587,15 @@ def merge_runs(paths: list[str], out: Path) -> str:
     """
     docs = [json.loads(Path(p).read_text()) for p in paths]
     ref = docs[0]["env"]
+
+    def setting(env, k):
+        return env.get(k, SETTING_DEFAULTS.get(k))
+
     for path, doc in zip(paths[1:], docs[1:]):
-        diff = [k for k in SAME_SETTINGS if doc["env"].get(k) != ref.get(k)]
+        diff = [k for k in SAME_SETTINGS if setting(doc["env"], k) != setting(ref, k)]
         if diff:
             raise ValueError(f"{path} differs from {paths[0]} in {diff}: "
-                             + "; ".join(f"{k}: {ref.get(k)} vs {doc['env'].get(k)}" for k in diff))
+                             + "; ".join(f"{k}: {setting(ref, k)} vs {setting(doc['env'], k)}" for k in diff))
     rows, nrows, seen = [], [], set()
     for path, doc in zip(paths, docs):
         for r in doc["runs"]:
@@ -610,6 +633,8 @@ def main():
     ap.add_argument("--budget", type=float, default=0, help="seconds; start no new seed after this (0 = no limit)")
     ap.add_argument("--novelty", default="", help="networks (e.g. tchnet,mlp) that get the novelty study")
     ap.add_argument("--novelty-tasks", default="binary", help="tasks of the novelty study (binary, 5class)")
+    ap.add_argument("--holdout-keep-class", action="store_true", help="novelty study: every attack class keeps its "
+                    "most frequent type in training (the held-out types are the other rare ones)")
     ap.add_argument("--novelty-seeds", default="", help="seeds of the novelty study (default: the seeds run); "
                     "seeds outside the comparison train their own full classifier, after all tasks, within --budget")
     ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
@@ -648,7 +673,8 @@ def main():
            "epochs": args.epochs, "seeds": args.seeds, "recipe": RECIPE, "widths": SMALL, "limit": args.limit,
            "first_seed": args.first_seed, "budget": args.budget, "novelty": nov_models, "novelty_seeds": nov_seeds,
            "novelty_tasks": nov_tasks, "models": models,
-           "holdout_share": HOLDOUT_SHARE, "fpr_grid": FPR_GRID, "knn_k": KNN_K}
+           "holdout_share": HOLDOUT_SHARE, "holdout_keep_class": args.holdout_keep_class, "fpr_grid": FPR_GRID,
+           "knn_k": KNN_K}
     log(json.dumps(env))
     rows, nrows, t0 = [], [], time.time()
     tasks = args.tasks.split(",")
@@ -673,7 +699,7 @@ def main():
         log(f"== {task}: train {len(data['train'][0])} val {len(data['val'][0])} test {len(ys)}; {dm.report}")
         if task in nov_tasks and nov_models:
             ctx = nov_ctx[task] = novelty_context(data, names, margs, dm.class_counts, args.epochs, device, task,
-                                                  dm.label_names)
+                                                  dm.label_names, args.holdout_keep_class)
             log(f"  novelty: held-out types {ctx['held']} "
                 f"({int(np.isin(names['train'], ctx['held']).sum())} training rows); "
                 f"{len(ctx['det']['ref'])} normal reference flows; "

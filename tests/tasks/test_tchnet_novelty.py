@@ -21,6 +21,16 @@ def test_holdout_types_keeps_attack_types_below_the_share():
     y = (names != "normal").astype(int)
     # 5 % of 100 rows: types with fewer than 5 rows are held out, satan (exactly 5) stays, normal never counts
     assert bench.holdout_types(names, y, share=0.05) == ["back", "phf"]
+    assert bench.holdout_types(names, y, share=0.05, keep_per_class=True) == ["back", "phf"]  # neptune is common
+
+
+def test_holdout_types_can_leave_every_class_one_type():
+    # 5-class labels: R2L (3) has only rare types, so its most frequent one (warezclient) stays in training
+    names = np.array(["normal"] * 60 + ["neptune"] * 30 + ["back"] * 2 + ["warezclient"] * 4 + ["guess_passwd"] * 3
+                     + ["phf"] * 1)
+    y = np.array([0] * 60 + [1] * 32 + [3] * 8)
+    assert bench.holdout_types(names, y, share=0.05) == ["back", "guess_passwd", "phf", "warezclient"]
+    assert bench.holdout_types(names, y, share=0.05, keep_per_class=True) == ["back", "guess_passwd", "phf"]
 
 
 def test_knn_score_is_the_mean_distance_to_the_k_nearest_reference_rows():
@@ -115,9 +125,9 @@ def _run(seed, model, acc, mcc, task="binary"):
     return {"task": task, "model": model, "seed": seed, "val": 0.99, "params": 10, "test": test, "seconds": 1.0}
 
 
-def _doc(path, seeds, epochs=25):
+def _doc(path, seeds, epochs=25, **extra):
     env = {"epochs": epochs, "recipe": bench.RECIPE, "widths": bench.SMALL, "limit": 0, "device": "x", "torch": "t",
-           "date": "d"}
+           "date": "d", **extra}
     runs = [r for s in seeds for r in (_run(s, "tchnet", 0.80 + 0.01 * s, 0.60 + 0.01 * s),
                                        _run(s, "tchnet_nofusion", 0.79, 0.60))]
     path.write_text(json.dumps({"env": env, "runs": runs, "summary": []}))
@@ -156,6 +166,10 @@ def test_merge_refuses_other_settings_and_repeated_seeds(tmp_path):
         bench.merge_runs([a, _doc(tmp_path / "b.json", [3], epochs=5)], tmp_path / "m")
     with pytest.raises(ValueError, match="repeats"):
         bench.merge_runs([a, _doc(tmp_path / "c.json", [1, 2])], tmp_path / "m")
+    # a run that held out other types is another study; a run from before the option had the default
+    with pytest.raises(ValueError, match="holdout_keep_class"):
+        bench.merge_runs([a, _doc(tmp_path / "d.json", [3], holdout_keep_class=True)], tmp_path / "m")
+    bench.merge_runs([a, _doc(tmp_path / "e.json", [3], holdout_keep_class=False)], tmp_path / "m")
 
 
 def test_shipped_benchmark_json_has_the_settings_a_new_default_run_writes():
