@@ -193,13 +193,15 @@ def gpu(args) -> None:
     for seed in seeds:
         for act in ("sigmoid", "softmax"):
             torch.manual_seed(seed)
-            model = gatedzoo.create_model(f"scfm_{act}_{size}", vocab_size=vocab_size, backend=backend).to(device)
+            model = gatedzoo.create_model(f"scfm_{act}_{size}", vocab_size=vocab_size, backend=backend,
+                                          contrastive=args.contrastive).to(device)
             batches = _batches(cells, train, batch_size=args.batch_size, max_genes=args.max_genes,
                                mask_bin=model.mask_bin, seed=seed, steps=steps, negatives=args.negatives)
             hist = _train(model, batches, steps=steps, lr=1e-3, warmup=min(100, steps // 10 + 1), device=device,
                           amp=amp, deadline=time.time() + args.run_budget, record_every=10)
             model.float().eval()
             run = {"activation": act, "seed": seed, "size": size, "hist": hist, "negatives": args.negatives,
+                   "contrastive": args.contrastive,
                    "val_loss": masked_loss(model, cells.subset(val), max_genes=512, device=device),
                    "val_cell_loss": masked_loss(model, cells.subset(val), max_genes=512, device=device, part="cell"),
                    "emb": torch.from_numpy(embed_cells(model, cells, max_genes=512, device=device)).half(),
@@ -550,6 +552,8 @@ def main(argv=None) -> int:
     p.add_argument("--max-genes", type=int, default=512, help="study: most gene tokens per training cell")
     p.add_argument("--negatives", type=float, default=1.0,
                    help='"not expressed" queries per masked gene in the cell loss (0 = the v1/v2 objective)')
+    p.add_argument("--contrastive", type=float, default=0.0, help="study: weight of the cell-level contrastive loss "
+                   "(SCFM(contrastive=...); 0 = off, as studies v1-v3)")
     p.add_argument("--skip-stress", action="store_true", help="study only (no base timing, no stress test)")
     p.add_argument("--step-time-only", action="store_true",
                    help="only the step times (base, small and large; fixed batches, ABBA repeats): no study, no stress")

@@ -66,6 +66,14 @@ class SCFM(ZooMixin, nn.Module):
             every cell). Default: `True`.
         dropout (float): dropout in blocks. Default: ``0.0``.
         backend (str): attention backend (``"auto"``, ``"triton"``, ``"reference"``). Default: ``"auto"``.
+        contrastive (float): weight of a cell-level contrastive loss in training (SimCLR's InfoNCE): the cell
+            embeddings of two views of each cell, the masked input and a random ``contrastive_keep`` share of its
+            genes with their true values, are pulled together through a 2-layer projection head, the other cells of
+            the batch being the negatives. A cell type survives losing half of its genes, sequencing depth and gene
+            sampling noise do not, so the embedding is asked to keep what is stable. ``0`` = off (no projection head).
+            Default: ``0.0``.
+        contrastive_keep (float): share of a cell's genes in the second view. Default: ``0.5``.
+        contrastive_temperature (float): InfoNCE temperature. Default: ``0.1``.
 
     Inputs: ``genes`` ``[B, T]`` int64 vocabulary indices (``PAD_ID`` past each cell's length), ``bins`` ``[B, T]``
     int64 in ``[0, n_bins]``, ``seq_lens`` ``[B]`` int number of valid gene tokens (the CLS token is added inside).
@@ -87,8 +95,14 @@ class SCFM(ZooMixin, nn.Module):
         mvc: bool = True,
         dropout: float = 0.0,
         backend: str = "auto",
+        contrastive: float = 0.0,
+        contrastive_keep: float = 0.5,
+        contrastive_temperature: float = 0.1,
     ):
         super().__init__()
+        if contrastive < 0 or not 0 < contrastive_keep <= 1 or contrastive_temperature <= 0:
+            raise ValueError(f"SCFM: need contrastive >= 0, 0 < contrastive_keep <= 1, contrastive_temperature > 0; "
+                             f"got {contrastive}, {contrastive_keep}, {contrastive_temperature}.")
         if pool not in POOLS:
             raise ValueError(f"SCFM: pool={pool!r}; use one of {POOLS}.")
         if vocab_size <= len(SPECIAL_TOKENS):
@@ -106,6 +120,10 @@ class SCFM(ZooMixin, nn.Module):
         self.head = nn.Linear(dim, num_classes) if num_classes else nn.Identity()
         self.mvc_gene = nn.Linear(dim, dim) if mvc else None
         self.mvc_head = nn.Linear(dim, n_bins) if mvc else None
+        self.contrastive, self.contrastive_keep = contrastive, contrastive_keep
+        self.contrastive_temperature = contrastive_temperature
+        self.contrast_proj = (nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim)) if contrastive > 0
+                              else None)
         nn.init.normal_(self.gene_embed.weight, std=0.02)
         nn.init.normal_(self.value_embed.weight, std=0.02)
 
@@ -177,6 +195,33 @@ class SCFM(ZooMixin, nn.Module):
         q = self.mvc_gene(self.gene_embed(genes))
         return self.mvc_head(F.gelu(q * cell[:, None, :]))
 
+    def gene_subset_view(self, genes: torch.Tensor, bins: torch.Tensor, seq_lens: torch.Tensor,
+                         keep: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A random ``keep`` share (at least one) of each cell's gene tokens, packed left: ``(genes, bins, seq_lens)``
+        with ``genes``/``bins`` ``[B, T']`` (padding ``PAD_ID`` / 0) and ``seq_lens`` ``[B]`` int32."""
+        b, t = genes.shape
+        lens = seq_lens.to(genes.device).long()
+        valid = torch.arange(t, device=genes.device)[None, :] < lens[:, None]
+        # valid positions first, in random order; then the first n of each row
+        order = torch.rand(b, t, device=genes.device).masked_fill(~valid, 2.0).argsort(1)
+        n = torch.minimum((lens.float() * keep).round().long().clamp_min(1), lens)
+        width = max(int(n.max()), 1) if b else 1
+        idx = order[:, :width]
+        kept = torch.arange(width, device=genes.device)[None, :] < n[:, None]
+        return (genes.gather(1, idx).masked_fill(~kept, PAD_ID), bins.gather(1, idx).masked_fill(~kept, 0),
+                n.to(torch.int32))
+
+    def contrastive_loss(self, cell: torch.Tensor, genes, bins, seq_lens) -> torch.Tensor:
+        """InfoNCE between ``cell`` ``[B, C]`` (the embeddings of the masked input) and the embeddings of a random
+        gene subset of each cell (``bins`` unmasked), both through ``contrast_proj`` and L2-normalised; symmetric."""
+        g, v, n = self.gene_subset_view(genes, bins, seq_lens, self.contrastive_keep)
+        other = self.forward_features(g, v, n)
+        za = F.normalize(self.contrast_proj(cell).float(), dim=-1)
+        zb = F.normalize(self.contrast_proj(other).float(), dim=-1)
+        sim = za @ zb.T / self.contrastive_temperature
+        target = torch.arange(len(sim), device=sim.device)
+        return 0.5 * (F.cross_entropy(sim, target) + F.cross_entropy(sim.T, target))
+
     def masked_expression_loss(self, genes, bins, seq_lens, targets, parts: bool = False, neg_genes=None):
         """Masked-expression cross-entropy (nats); ``targets`` ``[B, T]`` holds the true bin, ``-100`` elsewhere.
 
@@ -184,8 +229,9 @@ class SCFM(ZooMixin, nn.Module):
         cell embedding and the gene's identity alone, the bin of each masked gene and, for ``neg_genes`` ``[B, Q]``
         (genes the cell does not express, ``0`` = padding), bin 0 = "not expressed". Without those negatives every
         query gene is expressed and per-cell quantile bins look alike in every cell, so the cell embedding need not
-        say *which* genes are on, which is what cell types differ in. Returns the sum of the losses, or
-        ``{"token": ..., "cell": ...}`` when ``parts``.
+        say *which* genes are on, which is what cell types differ in. With ``contrastive`` > 0, in training mode,
+        ``contrastive`` times :meth:`contrastive_loss` is added (random views: never part of an evaluation loss).
+        Returns the sum of the losses, or ``{"token": ..., "cell": ..., "contrast": ...}`` (unweighted) when ``parts``.
         """
         tokens = self.forward_tokens(genes, bins, seq_lens)
         flat = targets.reshape(-1)
@@ -199,7 +245,12 @@ class SCFM(ZooMixin, nn.Module):
                 logits = torch.cat([logits, neg])
                 flat = torch.cat([flat, torch.where(neg_genes.reshape(-1) > 0, 0, -100)])
             out["cell"] = F.cross_entropy(logits, flat, ignore_index=-100)
-        return out if parts else sum(out.values())
+        weights = {}
+        if self.contrast_proj is not None and self.training and len(genes) > 1:
+            true_bins = torch.where(targets >= 0, targets, bins)
+            out["contrast"] = self.contrastive_loss(self.pool_tokens(tokens, seq_lens), genes, true_bins, seq_lens)
+            weights["contrast"] = self.contrastive
+        return out if parts else sum(weights.get(k, 1.0) * v for k, v in out.items())
 
 
 _SIZES = {

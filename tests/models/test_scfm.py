@@ -143,6 +143,54 @@ def test_cell_loss_scores_unexpressed_genes_as_bin_zero():
     assert not torch.allclose(m.masked_expression_loss(genes, bins, lens, targets, parts=True)["cell"], got)
 
 
+def test_gene_subset_view_keeps_a_share_of_each_cells_own_tokens():
+    m = SCFM(vocab_size=200, dim=32, depth=1, num_heads=4)
+    genes, bins, lens = _cell_batch([9, 4, 1])
+    torch.manual_seed(0)
+    g, b, n = m.gene_subset_view(genes, bins, lens, keep=0.5)
+    assert n.tolist() == [4, 2, 1] and n.dtype == torch.int32 and g.shape == b.shape == (3, 4)  # round(4.5) = 4
+    for i in range(3):
+        pairs = dict(zip(genes[i, : lens[i]].tolist(), bins[i, : lens[i]].tolist()))
+        kept = g[i, : n[i]].tolist()
+        assert len(set(kept)) == len(kept) and all(pairs[x] == y for x, y in zip(kept, b[i, : n[i]].tolist()))
+        assert (g[i, n[i]:] == PAD_ID).all() and (b[i, n[i]:] == 0).all()
+    torch.manual_seed(1)
+    assert not torch.equal(m.gene_subset_view(genes, bins, lens, keep=0.5)[0][0], g[0])  # a new draw each call
+
+
+def test_contrastive_loss_is_infonce_between_two_views_and_trains_only():
+    with pytest.raises(ValueError, match="contrastive"):
+        SCFM(vocab_size=200, dim=32, depth=1, num_heads=4, contrastive=0.5, contrastive_keep=0.0)
+    assert SCFM(vocab_size=200, dim=32, depth=1, num_heads=4).contrast_proj is None  # off by default
+    torch.manual_seed(0)
+    m = SCFM(vocab_size=200, dim=32, depth=2, num_heads=4, contrastive=0.5, contrastive_keep=0.6,
+             contrastive_temperature=0.2)
+    genes, bins, lens = _cell_batch([9, 4, 7, 12])
+    targets = torch.full_like(genes, -100)
+    targets[:, 0] = bins[:, 0]
+    masked = bins.clone()
+    masked[:, 0] = m.mask_bin
+    torch.manual_seed(3)
+    parts = m.masked_expression_loss(genes, masked, lens, targets, parts=True)
+    # the same draw by hand: the second view sees the true bins of a random 60 % of each cell's genes
+    torch.manual_seed(3)
+    cell = m.forward_features(genes, masked, lens)
+    g, b, n = m.gene_subset_view(genes, bins, lens, 0.6)
+    za = torch.nn.functional.normalize(m.contrast_proj(cell), dim=-1)
+    zb = torch.nn.functional.normalize(m.contrast_proj(m.forward_features(g, b, n)), dim=-1)
+    sim = za @ zb.T / 0.2
+    want = 0.5 * (torch.nn.functional.cross_entropy(sim, torch.arange(4)) +
+                  torch.nn.functional.cross_entropy(sim.T, torch.arange(4)))
+    assert torch.allclose(parts["contrast"], want, atol=1e-5)
+    torch.manual_seed(3)
+    total = m.masked_expression_loss(genes, masked, lens, targets)
+    assert torch.allclose(total, parts["token"] + parts["cell"] + 0.5 * parts["contrast"], atol=1e-5)
+    total.backward()
+    assert m.contrast_proj[0].weight.grad.abs().sum() > 0
+    m.eval()  # evaluation losses carry no random view
+    assert set(m.masked_expression_loss(genes, masked, lens, targets, parts=True)) == {"token", "cell"}
+
+
 def test_reset_classifier_and_logits_shape():
     m = gatedzoo.create_model("scfm_sigmoid_tiny", vocab_size=200)
     genes, bins, lens = _cell_batch([6, 3])
