@@ -67,14 +67,16 @@ def _arxiv(paper: str) -> str:
     return f"arXiv {ids[0]}" if ids else _short(paper, (",",))
 
 
-def _model_size(name: str) -> tuple[int, float]:
-    """``(parameters, MB of weight files)`` of ``arch.tag`` (built with its own config) or of a bare ``arch``."""
+def _model_size(name: str) -> tuple[int, float, dict]:
+    """``(parameters, MB of weight files, zoo config)`` of ``arch.tag`` (built with its own config) or of a bare
+    ``arch``."""
     from gatedzoo.zoo import create_model, get_pretrained
 
     if "." in name:
         model = create_model(name, pretrained=True)
-        return sum(p.numel() for p in model.parameters()), get_pretrained(name).size_bytes / 1e6
-    return sum(p.numel() for p in create_model(name).parameters()), 0.0
+        return sum(p.numel() for p in model.parameters()), get_pretrained(name).size_bytes / 1e6, model.zoo_config
+    model = create_model(name)
+    return sum(p.numel() for p in model.parameters()), 0.0, model.zoo_config
 
 
 def cmd_list(args) -> int:
@@ -86,7 +88,7 @@ def cmd_list(args) -> int:
         for n in names:
             i = model_info(n)
             metric = ", ".join(f"{k}={v:.4g}" for k, v in headline_metrics(i["metrics"]).items())
-            params, mb = _model_size(n)
+            params, mb, _ = _model_size(n)
             rows.append((n, i["task"], _short(i["data"]), metric, f"{params / 1e6:.2f} M", f"{mb:.1f} MB",
                          _short(i["license"]), _arxiv(i["paper"])))
         print(_table(rows, ("weights", "task", "data", "test metrics", "params", "size", "licence", "paper"))
@@ -106,13 +108,19 @@ def cmd_info(args) -> int:
     except KeyError as err:
         print(f"gatedzoo info: {err.args[0]}", file=sys.stderr)
         return 2
-    params, mb = _model_size(info["weights"] if "weights" in info else info["architecture"])
+    params, mb, cfg = _model_size(info["weights"] if "weights" in info else info["architecture"])
     info["parameters"] = params
     if "weights" in info:
         info["size_mb"] = round(mb, 2)
         info["metrics"] = {**headline_metrics(info["metrics"]), **info["metrics"]}  # what `list` shows comes first
         info["usage"] = [f"gatedzoo eval {info['weights']} --json",
                          f"gatedzoo.create_model({info['weights']!r}, pretrained=True)"]
+        rule = cfg.get("novelty_rule")
+        if rule:  # flow weights with a validated novelty rule: how to use it and what it scored
+            info["novelty_rule"] = {k: rule[k] for k in ("score", "k", "false_alarm_rate") if k in rule}
+            info["novelty_rule"].update({f"test_{k}": v for k, v in rule.get("test_metrics", {}).items()
+                                         if k in ("accuracy", "mcc", "false_alarms")})
+            info["usage"].append(f"gatedzoo eval {info['weights']} --novelty --json")
     else:
         info["usage"] = [f"gatedzoo.create_model({info['architecture']!r})"] + [
             f"gatedzoo info {t}" for t in info.get("pretrained", [])]

@@ -152,6 +152,10 @@ def test_info_of_a_tag_gives_task_data_size_licence_paper_recipe_sha(capsys):
     # float32 weights: 4 bytes a parameter, plus buffers and config.json (a few %)
     assert 0.9 < info["parameters"] * 4 / entry["size_bytes"] < 1.05
     assert info["usage"][0] == f"gatedzoo eval {name} --json"
+    # the validated novelty rule its config records: how to apply it, and its KDDTest+ figures
+    assert info["usage"][-1] == f"gatedzoo eval {name} --novelty --json"
+    assert info["novelty_rule"]["k"] == 5 and info["novelty_rule"]["false_alarm_rate"] == 0.1
+    assert info["novelty_rule"]["test_accuracy"] == pytest.approx(0.91266, abs=1e-6)
 
 
 def test_info_of_an_architecture_lists_its_weights_and_text_output(capsys):
