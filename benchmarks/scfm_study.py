@@ -183,7 +183,8 @@ def gpu(args) -> None:
         return
 
     size = "tiny" if args.tiny else args.size
-    steps, seeds = (6, [0, 1]) if args.tiny else (args.steps, list(range(args.seeds)))
+    steps, seeds = (6, [0, 1]) if args.tiny else (args.steps,
+                                                   list(range(args.first_seed, args.first_seed + args.seeds)))
     rng = np.random.default_rng(0)
     val = np.sort(rng.permutation(len(cells))[: len(cells) // 10])
     train = np.setdiff1d(np.arange(len(cells)), val)
@@ -435,14 +436,35 @@ def hvg_pca_baseline() -> tuple[dict, np.ndarray]:
     return metrics_for(e68, labels, est, stim.obs["batch"].astype(str).to_numpy()), e68
 
 
+def load_studies(folders: list[Path]) -> dict:
+    """The ``study.pt`` of several GPU calls of disjoint seeds (``--first-seed``) as one study.
+
+    Raises:
+        ValueError: a call held out other validation cells, or repeats an (activation, seed) of an earlier one.
+    """
+    study = torch.load(folders[0] / "study.pt", weights_only=False)
+    for other in folders[1:]:
+        more = torch.load(other / "study.pt", weights_only=False)
+        if not np.array_equal(more["val_idx"], study["val_idx"]):
+            raise ValueError(f"{other} held out other validation cells than {folders[0]}; analyse them separately.")
+        seen = {(r["activation"], r["seed"]) for r in study["runs"]}
+        if any((r["activation"], r["seed"]) in seen for r in more["runs"]):
+            raise ValueError(f"{other} repeats an (activation, seed) of an earlier call; merge disjoint seeds.")
+        study["runs"] += more["runs"]
+    return study
+
+
 def analyze(args) -> None:
     from gatedzoo.data.singlecell import TokenizedCells
 
-    res = Path(args.results)
+    folders = [Path(f) for f in args.results.split(",")]
+    res = folders[0]
     cells = TokenizedCells.load(args.cells)
-    study = torch.load(res / "study.pt", weights_only=False)
+    study = load_studies(folders)
     stress = torch.load(res / "stress.pt", weights_only=False) if (res / "stress.pt").exists() else {}
     info = json.loads((res / "log.json").read_text())
+    if len(folders) > 1:
+        info["calls"] = [json.loads((f / "log.json").read_text()) for f in folders]
     lab_idx = np.flatnonzero(cells.labels >= 0)
     bat_idx = np.flatnonzero(cells.batches >= 0)
     labels = np.array(cells.label_names)[cells.labels[lab_idx]]
@@ -540,11 +562,12 @@ def main(argv=None) -> int:
     p.add_argument("stage", choices=("prepare", "gpu", "analyze"))
     p.add_argument("--cells", default=str(CELLS))
     p.add_argument("--out", default=os.environ.get("OUT", "runs/scfm_study"))
-    p.add_argument("--results", default="runs/scfm_study")
+    p.add_argument("--results", default="runs/scfm_study", help="GPU output folder(s), comma-separated")
     p.add_argument("--docs", default="docs/benchmarks")
     p.add_argument("--figs", default="docs/models")
     p.add_argument("--tiny", action="store_true", help="tiny models and a few steps (CPU dry run)")
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--first-seed", type=int, default=0, help="study seeds are first_seed .. first_seed + seeds - 1")
     p.add_argument("--steps", type=int, default=1200)
     p.add_argument("--run-budget", type=float, default=40.0, help="seconds per study run at most")
     p.add_argument("--size", default="small", help="study model size (tiny, small, base, large)")

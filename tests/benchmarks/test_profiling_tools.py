@@ -1,5 +1,6 @@
 """The CPU-side parts of the GPU measurement scripts: ``ab_rev.py`` (another revision's kernels as a second module),
-``scfm_profile.py`` (kernel groups) and ``scfm_study.py --step-variants`` (refused before any work when unknown)."""
+``scfm_profile.py`` (kernel groups), ``scfm_study.py --step-variants`` (refused before any work when unknown) and the
+study's reading of several calls as one."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -92,3 +95,21 @@ def test_a_tile_variant_switches_one_class_and_restores_production():
     assert tk.FAST_SIGMOID == 2 and formula.label == "FAST_SIGMOID=2"
     formula.off()
     assert fast == tk.FAST_SIGMOID and before == tk.CONFIGS
+
+
+def test_scfm_study_reads_calls_of_disjoint_seeds_as_one_study(tmp_path):
+    def call(name, seeds, val=(1, 4, 7)):
+        folder = tmp_path / name
+        folder.mkdir()
+        runs = [{"activation": a, "seed": s} for s in seeds for a in ("sigmoid", "softmax")]
+        torch.save({"val_idx": np.array(val), "runs": runs}, folder / "study.pt")
+        return folder
+
+    a, b, c = call("a", [0]), call("b", [1, 2]), call("c", [1])
+    study = scfm_study.load_studies([a, b])
+    assert [(r["activation"], r["seed"]) for r in study["runs"]] == [
+        ("sigmoid", 0), ("softmax", 0), ("sigmoid", 1), ("softmax", 1), ("sigmoid", 2), ("softmax", 2)]
+    with pytest.raises(ValueError, match="repeats"):
+        scfm_study.load_studies([a, b, c])
+    with pytest.raises(ValueError, match="other validation cells"):
+        scfm_study.load_studies([a, call("d", [3], val=(2, 5))])
