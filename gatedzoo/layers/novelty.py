@@ -75,7 +75,7 @@ class KNNNoveltyGuard(nn.Module):
         false_alarm_rate (float): the ``r`` the threshold was set at (recorded; :meth:`fit` uses it). Default: ``0.1``.
 
     Buffers: ``ref_num [M, F]`` float16 (scaled features are clipped to a few units, where float16 keeps ~3 digits),
-    ``ref_cat [M, K]`` int16, ``threshold []`` float64. ``enabled`` (bool, default `True`) switches the rule off
+    ``ref_cat [M, K]`` int32, ``threshold []`` float64. ``enabled`` (bool, default `True`) switches the rule off
     without dropping it (``forward`` then returns its input).
     """
 
@@ -89,7 +89,7 @@ class KNNNoveltyGuard(nn.Module):
             raise ValueError(f"KNNNoveltyGuard: false_alarm_rate must be in (0, 1), got {false_alarm_rate}.")
         self.num_features, self.cards, self.k, self.false_alarm_rate = num_features, cards, k, false_alarm_rate
         self.register_buffer("ref_num", torch.zeros(ref_rows, num_features, dtype=torch.float16))
-        self.register_buffer("ref_cat", torch.zeros(ref_rows, len(cards), dtype=torch.int16))
+        self.register_buffer("ref_cat", torch.zeros(ref_rows, len(cards), dtype=torch.int32))
         self.register_buffer("threshold", torch.tensor(math.inf, dtype=torch.float64))
         self.enabled = True
 
@@ -130,7 +130,7 @@ class KNNNoveltyGuard(nn.Module):
         guard = cls(normal_num.shape[1], cat_cardinalities, len(normal_num), k, false_alarm_rate)
         guard.ref_num.copy_(normal_num.to(torch.float16))
         if guard.cards:
-            guard.ref_cat.copy_(normal_cat.to(torch.int16))
+            guard.ref_cat.copy_(normal_cat.to(torch.int32))
         s = guard.score(calib_num, calib_cat)
         guard.threshold.fill_(float(torch.quantile(s, 1.0 - false_alarm_rate)))
         return guard

@@ -50,6 +50,15 @@ def test_rule_flags_only_rows_called_normal_and_picks_their_most_probable_attack
     torch.testing.assert_close(combine_novelty(prob, None, 1.0), prob)
 
 
+def test_category_codes_beyond_int16_keep_their_value():
+    # a user vocabulary (ports, say) can exceed 32,767 categories: the stored codes must not wrap around
+    cards = [40000]
+    num, cat = torch.zeros(6, 1), torch.tensor([[0], [39999], [32768], [5], [7], [39999]])
+    guard = KNNNoveltyGuard.fit(num[:4], cat[:4], num[4:], cat[4:], cards, k=1, false_alarm_rate=0.5)
+    assert guard.ref_cat[:, 0].tolist() == [0, 39999, 32768, 5]
+    assert guard.score(num[5:], cat[5:]).item() == 0.0  # code 39999 is in the reference: distance 0
+
+
 def test_fit_refuses_bad_arguments():
     (rn, rc) = _rows(4, 0)
     with pytest.raises(ValueError, match="k <= ref_rows"):
