@@ -50,7 +50,7 @@ from torch import nn
 
 from gatedzoo.data.flows import FlowDataModule
 from gatedzoo.io import write_json
-from gatedzoo.layers import combine_novelty, novelty_rule
+from gatedzoo.layers.novelty import combine_novelty, knn_distance, novelty_rule, onehot_points
 from gatedzoo.tasks.flows import class_weights, evaluate_flows, fit_novelty_guard, flow_metrics, focal_loss
 from gatedzoo.zoo import create_model
 from gatedzoo.zoo.pretrained import CONFIG_NAME, WEIGHTS_NAME, resolve_source
@@ -207,15 +207,12 @@ def flow_points(x: torch.Tensor, c: torch.Tensor, cards: list[int]) -> torch.Ten
     The space of the k-nearest-normal and isolation-forest scores: the robust-scaled (clipped) numbers and one unit
     per categorical value, so a different service or flag counts like a feature one scaled unit apart.
     """
-    onehot = [F.one_hot(c[:, -1, i], k).float() for i, k in enumerate(cards)]
-    return torch.cat([x[:, -1].float(), *onehot], 1)
+    return onehot_points(x[:, -1], c[:, -1], cards, torch.float32)
 
 
-@torch.no_grad()
 def knn_score(ref: torch.Tensor, query: torch.Tensor, k: int = KNN_K, bs: int = 2048) -> np.ndarray:
     """Mean Euclidean distance ``[N]`` from each query row to its ``k`` nearest rows of ``ref`` (normal flows)."""
-    out = [torch.cdist(query[i:i + bs], ref).topk(k, largest=False).values.mean(1) for i in range(0, len(query), bs)]
-    return torch.cat(out).cpu().numpy()
+    return knn_distance(ref, query, k, bs).cpu().numpy()
 
 
 @torch.no_grad()

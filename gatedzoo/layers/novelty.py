@@ -29,6 +29,23 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def onehot_points(x_num: torch.Tensor, x_cat: torch.Tensor | None, cards: list[int],
+                  dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Rows ``x_num [N, F]`` + category codes ``x_cat [N, K]`` -> points ``[N, F + sum(cards)]`` in ``dtype``: the
+    numbers and one unit per categorical value."""
+    onehot = [F.one_hot(x_cat[:, i].long(), c).to(dtype) for i, c in enumerate(cards)]
+    return torch.cat([x_num.to(dtype), *onehot], 1)
+
+
+@torch.no_grad()
+def knn_distance(ref: torch.Tensor, query: torch.Tensor, k: int, chunk: int = 2048) -> torch.Tensor:
+    """Mean Euclidean distance ``[N]`` from each row of ``query [N, D]`` to its ``k`` nearest rows of ``ref [M, D]``
+    (in their dtype, ``chunk`` query rows at a time)."""
+    out = [torch.cdist(query[i:i + chunk], ref).topk(k, largest=False).values.mean(1)
+           for i in range(0, len(query), chunk)]
+    return torch.cat(out) if out else query.new_zeros(0)
+
+
 def novelty_rule(prob: torch.Tensor, score: torch.Tensor | None, threshold: float) -> torch.Tensor:
     """Class ``[N]`` (int64) of each row under the rule: the arg-max of ``prob [N, C]`` (class 0 = normal), except
     that a row called normal whose ``score [N]`` exceeds ``threshold`` gets its most probable attack class.
@@ -104,17 +121,21 @@ class KNNNoveltyGuard(nn.Module):
         if self.cards and (x_cat is None or x_cat.ndim != 2 or x_cat.shape[1] != len(self.cards)):
             got = None if x_cat is None else list(x_cat.shape)
             raise ValueError(f"KNNNoveltyGuard expects x_cat [N, {len(self.cards)}], got {got}.")
-        onehot = [F.one_hot(x_cat[:, i].long(), c).double() for i, c in enumerate(self.cards)]
-        return torch.cat([x_num.double(), *onehot], 1)
+        return onehot_points(x_num, x_cat, self.cards)
+
+    def _ref_points(self) -> torch.Tensor:
+        """The reference points, built once per state of the buffers (``score`` runs once per batch): the key
+        changes when the buffers are written in place (``fit``, ``load_state_dict``) or moved (``.to``)."""
+        key = (self.ref_num._version, self.ref_cat._version, self.ref_num.data_ptr(), self.ref_cat.data_ptr())
+        if getattr(self, "_ref_cache", (None,))[0] != key:
+            self._ref_cache = (key, self.points(self.ref_num, self.ref_cat))
+        return self._ref_cache[1]
 
     @torch.no_grad()
     def score(self, x_num: torch.Tensor, x_cat: torch.Tensor | None = None, chunk: int = 2048) -> torch.Tensor:
         """Novelty ``[N]`` (float64): mean distance to the ``k`` nearest reference points."""
-        ref = self.points(self.ref_num, self.ref_cat)
-        query = self.points(x_num, x_cat).to(ref.device)
-        out = [torch.cdist(query[i:i + chunk], ref).topk(self.k, largest=False).values.mean(1)
-               for i in range(0, len(query), chunk)]
-        return torch.cat(out) if out else query.new_zeros(0)
+        ref = self._ref_points()
+        return knn_distance(ref, self.points(x_num, x_cat).to(ref.device), self.k, chunk)
 
     @classmethod
     @torch.no_grad()
@@ -145,4 +166,4 @@ class KNNNoveltyGuard(nn.Module):
         return out.clamp_min(1e-30).log().to(logits.dtype)
 
 
-__all__ = ["KNNNoveltyGuard", "combine_novelty", "novelty_rule"]
+__all__ = ["KNNNoveltyGuard", "combine_novelty", "knn_distance", "novelty_rule", "onehot_points"]

@@ -50,6 +50,17 @@ def test_rule_flags_only_rows_called_normal_and_picks_their_most_probable_attack
     torch.testing.assert_close(combine_novelty(prob, None, 1.0), prob)
 
 
+def test_reference_points_follow_the_buffers_they_are_built_from():
+    (rn, rc), (qn, qc) = _rows(40, 0), _rows(7, 1)
+    guard = KNNNoveltyGuard.fit(rn, rc, qn, qc, CARDS, k=3)
+    first = guard.score(qn, qc)
+    assert guard._ref_points() is guard._ref_points()  # built once, not per call
+    other = KNNNoveltyGuard.fit(rn + 3.0, rc, qn, qc, CARDS, k=3)
+    guard.load_state_dict(other.state_dict())  # written in place: the points are rebuilt
+    torch.testing.assert_close(guard.score(qn, qc), other.score(qn, qc))
+    assert not torch.allclose(guard.score(qn, qc), first)
+
+
 def test_category_codes_beyond_int16_keep_their_value():
     # a user vocabulary (ports, say) can exceed 32,767 categories: the stored codes must not wrap around
     cards = [40000]
