@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gatedzoo.data.timeseries import DATE, TimeSeriesDataModule, check_frame, load_frame
+from gatedzoo.data.timeseries import DATE, TimeSeriesDataModule, check_frame, load_frame, time_steps
 
 MODEL_COL = "Gateformer"
 
@@ -171,12 +171,26 @@ class Forecaster:
         self._wide = wide
         return self
 
+    def _data_freq(self, wide) -> str:
+        """The series' frequency: the one given or stored, else inferred from ``date``; raises when neither works."""
+        import pandas as pd
+
+        freq = self.freq or pd.infer_freq(wide[DATE].iloc[-min(len(wide), 100):])
+        if not freq:
+            raise ValueError("cannot infer the series' frequency from 'date'; pass freq= (e.g. 'h', '30min', 'D').")
+        return freq
+
     @torch.no_grad()
-    def _forecast(self, history: np.ndarray) -> np.ndarray:
-        """``history`` ``[input_size, N]`` on the data scale -> forecast ``[h, N]`` on the data scale."""
+    def _forecast(self, history: np.ndarray, start, wide) -> np.ndarray:
+        """``history`` ``[input_size, N]`` on the data scale, whose first row is at timestamp ``start`` of the frame
+        ``wide`` -> forecast ``[h, N]`` on the data scale."""
+        from gatedzoo.tasks.forecasting import predict_windows
+
         mean, std, _ = self._scaler()
         x = torch.as_tensor((history - mean) / std, dtype=torch.float32)[None]
-        y = self.model.eval()(x)[0].double().numpy()
+        steps = time_steps([start], self._data_freq(wide)) if getattr(self.model, "reads_time", False) else None
+        step = None if steps is None else torch.as_tensor(steps)
+        y = predict_windows(self.model.eval(), x, step)[0].double().numpy()
         return y * std + mean
 
     def predict(self, df=None):
@@ -190,10 +204,9 @@ class Forecaster:
         if len(wide) < self.input_size:
             raise ValueError(f"predict needs the last input_size={self.input_size} rows; the data has {len(wide)}.")
         self._check_h()
-        fc = self._forecast(wide[variables].to_numpy(dtype=np.float64)[-self.input_size:])
-        freq = self.freq or pd.infer_freq(wide[DATE].iloc[-min(len(wide), 100):])
-        if not freq:
-            raise ValueError("cannot infer the series' frequency from 'date'; pass freq= (e.g. 'h', '30min', 'D').")
+        freq = self._data_freq(wide)
+        fc = self._forecast(wide[variables].to_numpy(dtype=np.float64)[-self.input_size:],
+                            wide[DATE].iloc[-self.input_size], wide)
         dates = pd.date_range(wide[DATE].iloc[-1], periods=self.h + 1, freq=freq)[1:]
         order = [c for c in wide.columns if c != DATE]  # the caller's column order
         return self._out(pd.DataFrame({DATE: dates, **{v: fc[:, variables.index(v)] for v in order}}))
@@ -225,7 +238,7 @@ class Forecaster:
         parts = []
         for k in range(n_windows):
             cut = first + k * step
-            fc = self._forecast(values[cut - self.input_size:cut])
+            fc = self._forecast(values[cut - self.input_size:cut], wide[DATE].iloc[cut - self.input_size], wide)
             part = pd.DataFrame({DATE: wide[DATE].iloc[cut:cut + self.h].to_numpy(),
                                  "cutoff": wide[DATE].iloc[cut - 1]})
             for i, v in enumerate(variables):

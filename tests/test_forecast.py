@@ -75,3 +75,19 @@ def test_user_errors(fc, long, wide):
         fc.cross_validation(wide.iloc[:100], n_windows=6, step_size=24)
     with pytest.raises(ValueError, match="val_size"):
         Forecaster(val_size=1.5)
+
+
+def test_a_cycle_forecaster_reads_the_phase_from_the_timestamps(wide):
+    fc = Forecaster(h=24, input_size=48, model_args={**TINY, "cycle_len": 48}, max_epochs=1, limit_train_batches=10,
+                    lr=3e-3, accelerator="cpu").fit(wide)
+    assert fc.model.cycle.profile.abs().sum() > 0
+    cv = fc.cross_validation(wide, n_windows=2, step_size=7)
+    # the last window of the cross-validation is the forecast from the series cut 24 rows before its end: the same
+    # timestamps, though the history's first row sits at another position of the frame given
+    cut = wide.iloc[: len(wide) - 24].iloc[5:]
+    pred = fc.predict(cut)
+    last = cv[cv["cutoff"] == cv["cutoff"].max()]
+    np.testing.assert_allclose(pred["Demand"].to_numpy(), last["Demand_hat"].to_numpy(), rtol=1e-5)
+    # the same values at timestamps one step later are another phase of the daily cycle, so another forecast
+    later = cut.assign(date=cut["date"] + pd.Timedelta("30min"))
+    assert not np.allclose(fc.predict(later)["Demand"].to_numpy(), pred["Demand"].to_numpy(), rtol=1e-5)

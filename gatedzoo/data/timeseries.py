@@ -13,7 +13,9 @@ TSLib protocol (``thuml/Time-Series-Library``, ``data_provider/data_loader.py``)
 30-day months (hourly: rows 8640/2880/2880; minute data x4), other files 70/10/20 by rows; validation and test
 windows start ``seq_len`` rows before their split so the look-back overlaps the previous split; a standard scaler
 (mean, population std) is fitted on the training rows only and every split is scaled with it; metrics are computed
-on that normalised scale. A sample is ``(x [seq_len, N], y [pred_len, N])`` with ``y`` following ``x`` directly.
+on that normalised scale. A sample is ``(x [seq_len, N], y [pred_len, N])`` with ``y`` following ``x`` directly,
+plus, for data with a regular frequency, ``step`` (int64): the time index of the first look-back row
+(:func:`time_steps`), which models with a periodic component read (``Gateformer(cycle_len=...)``).
 """
 
 from __future__ import annotations
@@ -212,19 +214,50 @@ def tslib_borders(n_rows: int, seq_len: int, split: str = "ratio",
     return starts, ends
 
 
-class WindowDataset(Dataset):
-    """Sliding windows over a scaled ``[T, N]`` float32 array: item ``i`` is ``(x[i:i+L], x[i+L:i+L+H])``."""
+def time_steps(dates, freq: str | None):
+    """Integer time index of each timestamp: whole steps of ``freq`` since 1970-01-01 00:00, ``int64`` ``[T]``.
 
-    def __init__(self, values: np.ndarray, seq_len: int, pred_len: int):
+    Every periodic feature reads its phase from these indices (``step mod period``), so the phase of a timestamp
+    is the same in training, in ``gatedzoo eval`` and in a user's forecast, whichever row a window starts at: for
+    hourly data ``step mod 24`` is the hour of the day. Returns `None` when ``freq`` is empty or not a fixed
+    duration (``"MS"``, ``"W-SUN"`` and other calendar offsets), where a step has no fixed length.
+    """
+    import pandas as pd
+
+    if not freq:
+        return None
+    offset = pd.tseries.frequencies.to_offset(freq)
+    try:
+        length = pd.Timedelta(offset).value
+    except (ValueError, TypeError):
+        if offset.name != "D":  # months, business days, anchored weeks: steps of no fixed length
+            return None
+        # pandas 3 made the day a calendar offset (23 or 25 hours across a DST change) with no fixed length;
+        # tz-naive timestamps have no DST, so a step of n days is n x 24 hours here
+        length = pd.Timedelta(days=offset.n).value
+    ns = pd.to_datetime(pd.Series(dates)).to_numpy(dtype="datetime64[ns]").astype(np.int64)
+    return ns // length
+
+
+class WindowDataset(Dataset):
+    """Sliding windows over a scaled ``[T, N]`` float32 array: item ``i`` is ``(x[i:i+L], x[i+L:i+L+H])``, or
+    ``(x[i:i+L], x[i+L:i+L+H], steps[i])`` when the rows' time indices ``steps`` ``[T]`` (:func:`time_steps`) are
+    given."""
+
+    def __init__(self, values: np.ndarray, seq_len: int, pred_len: int, steps: np.ndarray | None = None):
         self.values = torch.as_tensor(np.ascontiguousarray(values), dtype=torch.float32)
         self.seq_len, self.pred_len = seq_len, pred_len
+        if steps is not None and len(steps) != len(values):
+            raise ValueError(f"WindowDataset: {len(steps)} time steps for {len(values)} rows.")
+        self.steps = None if steps is None else torch.as_tensor(np.asarray(steps, dtype=np.int64))
 
     def __len__(self) -> int:
         return max(len(self.values) - self.seq_len - self.pred_len + 1, 0)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
         s = self.seq_len
-        return self.values[i:i + s], self.values[i + s:i + s + self.pred_len]
+        x, y = self.values[i:i + s], self.values[i + s:i + s + self.pred_len]
+        return (x, y) if self.steps is None else (x, y, self.steps[i])
 
 
 class TimeSeriesDataModule(L.LightningDataModule):
@@ -248,8 +281,10 @@ class TimeSeriesDataModule(L.LightningDataModule):
         root (str, Optional): data directory for named datasets. Default: ``$GATEDZOO_DATA``.
         freq (str, Optional): pandas frequency string stored with the weights; inferred when not given.
 
-    After ``setup()``: ``n_vars``, ``variables``, ``mean``/``std`` (train statistics) and the three window
-    datasets; :meth:`zoo_metadata` is what travels with trained weights.
+    After ``setup()``: ``n_vars``, ``variables``, ``mean``/``std`` (train statistics), ``steps`` (the rows' time
+    indices, :func:`time_steps`; `None` without a fixed-length frequency) and the three window datasets, whose
+    samples carry the first look-back row's time index when ``steps`` exist; :meth:`zoo_metadata` is what travels
+    with trained weights.
     """
 
     def __init__(
@@ -324,9 +359,11 @@ class TimeSeriesDataModule(L.LightningDataModule):
         # a constant training column would divide by zero; scikit-learn's StandardScaler uses a scale of 1 there too
         self.std = np.where(std > 0, std, 1.0)
         scaled = (values - self.mean) / self.std
+        self.steps = time_steps(df[DATE], self.freq)
         for name, s, e in zip(SPLIT_NAMES, self.starts, self.ends):
             if e - s >= need or name == "train":
-                self.sets[name] = WindowDataset(scaled[s:e], self.seq_len, self.pred_len)
+                self.sets[name] = WindowDataset(scaled[s:e], self.seq_len, self.pred_len,
+                                                None if self.steps is None else self.steps[s:e])
 
     def _loader(self, name: str, train: bool = False) -> DataLoader:
         if name not in self.sets:

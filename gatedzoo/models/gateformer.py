@@ -7,7 +7,8 @@ of that cross-variate context to keep. The maths and every choice the paper leav
 ``docs/models/gateformer.md``.
 
 Shapes: input ``x`` ``[B, L, N]`` (``L`` = ``seq_len`` look-back steps, ``N`` = ``n_vars`` variates, float32),
-output ``[B, H, N]`` (``H`` = ``pred_len``) on the input's scale.
+output ``[B, H, N]`` (``H`` = ``pred_len``) on the input's scale. With ``cycle_len > 0`` the model also reads
+``step`` ``[B]`` (int64), the time index of each window's first look-back step (see :class:`RecurrentCycle`).
 """
 
 from __future__ import annotations
@@ -52,6 +53,34 @@ def sinusoidal_table(length: int, dim: int) -> torch.Tensor:
     table[:, 0::2] = torch.sin(pos * freq)
     table[:, 1::2] = torch.cos(pos * freq)[:, : dim // 2]
     return table
+
+
+class RecurrentCycle(nn.Module):
+    """A learned periodic profile ``Q`` ``[cycle_len, n_vars]`` read at a window's phase (CycleNet's residual cycle).
+
+    Lin et al., CycleNet (NeurIPS 2024), model a fixed-period pattern, the daily shape of hourly load for example,
+    with one learnable value per phase and variate, shared by every window: the model subtracts the profile from
+    the (instance-normalised) look-back, forecasts the residual, and adds the profile back over the horizon. Phase
+    ``p`` of time step ``t`` is ``t mod cycle_len``, so ``t`` must count steps of the data's frequency from one
+    fixed origin in training and inference alike; :func:`gatedzoo.data.timeseries.time_steps` counts them from
+    1970-01-01 00:00. Initialised at zero, so an untrained profile changes nothing.
+
+    Args:
+        cycle_len (int): the period in steps (24 for a daily cycle of hourly data, 48 for half-hourly, 7 for a
+            weekly cycle of daily data).
+        n_vars (int): variates ``N``.
+    """
+
+    def __init__(self, cycle_len: int, n_vars: int):
+        super().__init__()
+        self.cycle_len = cycle_len
+        self.profile = nn.Parameter(torch.zeros(cycle_len, n_vars))
+
+    def forward(self, step: torch.Tensor, length: int) -> torch.Tensor:
+        """``step`` ``[B]`` (first time step of each span), ``length`` -> the profile over the spans,
+        ``[B, length, N]``."""
+        t = step.to(self.profile.device).long().view(-1, 1) + torch.arange(length, device=self.profile.device)
+        return self.profile[t.remainder(self.cycle_len)]
 
 
 class PatchEmbedding(nn.Module):
@@ -134,11 +163,15 @@ class Gateformer(ZooMixin, nn.Module):
             `None` means the same as ``dropout``, as the paper's ``nn.TransformerEncoderLayer``. Default: ``0.0``
             (measured better: three seeds of both settings in ``docs/models/gateformer.md``; the shipped weights
             were trained with 0).
+        cycle_len (int): period of a learned residual cycle (:class:`RecurrentCycle`, from CycleNet), in steps;
+            ``0`` turns it off (the paper's model). With a cycle, ``forward`` needs each window's time ``step``, which
+            the data layer supplies for data with a regular frequency. Default: ``0``.
 
     ``forward`` returns the forecast; :meth:`gates` returns the two fusion gates for inspection.
     """
 
-    zoo_adaptable = ("head",)
+    # a new horizon re-initialises the head, a new variate count the cycle profile (one column per variate)
+    zoo_adaptable = ("head", "cycle")
 
     def __init__(
         self,
@@ -156,8 +189,11 @@ class Gateformer(ZooMixin, nn.Module):
         variate_gate: str | None = None,
         backend: str = "auto",
         attn_dropout: float | None = 0.0,
+        cycle_len: int = 0,
     ):
         super().__init__()
+        if not isinstance(cycle_len, int) or cycle_len < 0:
+            raise ValueError(f"Gateformer: cycle_len={cycle_len!r} must be 0 (off) or a period in steps (e.g. 24).")
         for name, value in (("seq_len", seq_len), ("pred_len", pred_len), ("n_vars", n_vars), ("d_model", d_model),
                             ("d_ff", d_ff), ("n_heads", n_heads), ("e_layers", e_layers), ("patch_len", patch_len),
                             ("stride", stride)):
@@ -186,8 +222,15 @@ class Gateformer(ZooMixin, nn.Module):
         self.variate_gate = GatedFusion(d_model)
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(d_model, pred_len)
+        self.cycle_len = cycle_len
+        self.cycle = RecurrentCycle(cycle_len, n_vars) if cycle_len else None
 
-    def _check(self, x: torch.Tensor) -> None:
+    @property
+    def reads_time(self) -> bool:
+        """Whether ``forward`` needs the windows' time steps (a residual cycle is on)."""
+        return self.cycle is not None
+
+    def _check(self, x: torch.Tensor, step: torch.Tensor | None = None) -> None:
         if x.ndim != 3 or x.shape[1] != self.seq_len or x.shape[2] != self.n_vars:
             raise ValueError(
                 f"Gateformer expects x of shape [batch, seq_len={self.seq_len}, n_vars={self.n_vars}], got "
@@ -196,6 +239,17 @@ class Gateformer(ZooMixin, nn.Module):
             )
         if not x.is_floating_point():
             raise TypeError(f"Gateformer expects a floating-point input, got {x.dtype}; convert with x.float().")
+        if self.cycle is None:
+            return
+        if step is None:
+            raise ValueError(
+                f"this Gateformer has a residual cycle (cycle_len={self.cycle_len}) and needs each window's time step: "
+                "call model(x, step) with step [batch] = the first look-back step's index "
+                "(gatedzoo.data.timeseries.time_steps of its timestamp); the data modules and Forecaster pass it."
+            )
+        if step.shape != (x.shape[0],) or step.is_floating_point():
+            raise ValueError(f"step must be an integer tensor of shape [batch={x.shape[0]}], got "
+                             f"{step.dtype} {list(step.shape)}.")
 
     def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised ``x`` ``[B, L, N]`` -> global ``g`` and temporal-dependency ``t`` embeddings, ``[B, N, d]``."""
@@ -217,19 +271,29 @@ class Gateformer(ZooMixin, nn.Module):
             c = layer(c)
         return self.variate_gate(e, c)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` ``[B, seq_len, n_vars]`` -> forecast ``[B, pred_len, n_vars]``, de-normalised to the input scale."""
-        self._check(x)
+    def forward(self, x: torch.Tensor, step: torch.Tensor | None = None) -> torch.Tensor:
+        """``x`` ``[B, seq_len, n_vars]`` -> forecast ``[B, pred_len, n_vars]``, de-normalised to the input scale.
+
+        ``step`` ``[B]`` int64: time index of each window's first look-back step; read only with ``cycle_len > 0``.
+        """
+        self._check(x, step)
         z, mean, std = self.norm(x)
+        if self.cycle is not None:
+            # CycleNet's order: the cycle is removed after instance normalisation and added back before undoing it
+            z = z - self.cycle(step, self.seq_len)
         out = self.head(self.encode(z)).transpose(1, 2)
+        if self.cycle is not None:
+            out = out + self.cycle(step + self.seq_len, self.pred_len)
         return out * std + mean
 
     @torch.no_grad()
-    def gates(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def gates(self, x: torch.Tensor, step: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The gate values ``[B, N, d]`` of gate 1 (weight on the global embedding) and gate 2 (weight kept on the
         pre-attention tokens), for inspection."""
-        self._check(x)
+        self._check(x, step)
         z, _, _ = self.norm(x)
+        if self.cycle is not None:
+            z = z - self.cycle(step, self.seq_len)
         g, t = self._embed(z)
         e = self.temporal_gate(g, t)
         c = e

@@ -1,6 +1,7 @@
 """Forecasting: MSE (or MAE / Huber) training on normalised windows, per-sample MSE / MAE evaluation, ``gatedzoo eval``.
 
-Batches are ``(x [B, seq_len, N], y [B, pred_len, N])`` on the scale of the training split's standard scaler (see
+Batches are ``(x [B, seq_len, N], y [B, pred_len, N])``, with ``step [B]`` (int64, the first look-back row's time
+index) third when the data have a regular frequency, on the scale of the training split's standard scaler (see
 :class:`gatedzoo.data.timeseries.TimeSeriesDataModule`); metrics are reported on that scale, as the
 Time-Series-Library protocol does, averaged over samples (every window counts once, whatever the batch size).
 """
@@ -33,6 +34,28 @@ VAL_MSE, VAL_MAE = "val/mse", "val/mae"
 TEST_MSE, TEST_MAE = "test/mse", "test/mae"
 
 
+def predict_windows(model: nn.Module, x: torch.Tensor, step: torch.Tensor | None = None) -> torch.Tensor:
+    """``model(x)``, or ``model(x, step)`` for a model that reads time (``model.reads_time``, e.g. a residual cycle).
+
+    Raises:
+        ValueError: the model reads time and ``step`` is `None` (data without a fixed-length frequency).
+    """
+    if not getattr(model, "reads_time", False):
+        return model(x)
+    if step is None:
+        raise ValueError(
+            "the model reads each window's time step (a residual cycle, cycle_len > 0) but the data carry none: their "
+            "'date' has no regular fixed-length frequency; pass freq= (e.g. 'h', '30min', 'D') or use cycle_len=0."
+        )
+    return model(x, step.to(x.device))
+
+
+def split_batch(batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(x, y)`` or ``(x, y, step)`` -> ``(x, y, step or None)``."""
+    x, y, *rest = batch
+    return x, y, (rest[0] if rest else None)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, device: str | torch.device | None = None) -> dict[str, float]:
     """MSE and MAE of ``model`` over every window of ``loader``, averaged per element in float64.
@@ -45,8 +68,9 @@ def evaluate(model: nn.Module, loader, device: str | torch.device | None = None)
     model.eval()
     se = ae = 0.0
     count = samples = 0
-    for x, y in loader:
-        pred = model(x.to(device)).double()
+    for batch in loader:
+        x, y, step = split_batch(batch)
+        pred = predict_windows(model, x.to(device), step).double()
         y = y.to(device).double()
         se += float(((pred - y) ** 2).sum())
         ae += float((pred - y).abs().sum())
@@ -69,6 +93,12 @@ def check_data_fits(model: nn.Module, dm) -> None:
                 f"model.init_args.model_args.{name}: {have} (a different pred_len re-initialises the head of loaded "
                 "weights; seq_len must match them)."
             )
+    if getattr(model, "reads_time", False) and getattr(dm, "steps", 0) is None:
+        raise ValueError(
+            f"the model has a residual cycle (cycle_len={model.cycle_len}) and reads each window's time step, but "
+            f"the data's frequency {dm.freq!r} is not a fixed duration ('date' is irregular or calendar-based); pass "
+            "the data module freq= (e.g. 'h', '30min', 'D') or build the model with cycle_len=0."
+        )
 
 
 # training objectives of Forecasting(loss=...); evaluation is always MSE and MAE
@@ -130,14 +160,14 @@ class Forecasting(ZooTask):
         return F.mse_loss(pred, y)
 
     def training_step(self, batch, batch_idx):
-        x, y = batch
-        loss = self.training_loss(self.model(x), y)
+        x, y, step = split_batch(batch)
+        loss = self.training_loss(predict_windows(self.model, x, step), y)
         self.log(TRAIN_LOSS, loss, prog_bar=True, batch_size=len(y))
         return loss
 
     def _eval_step(self, batch, names):
-        x, y = batch
-        pred = self.model(x)
+        x, y, step = split_batch(batch)
+        pred = predict_windows(self.model, x, step)
         mse, mae = F.mse_loss(pred, y), F.l1_loss(pred, y)
         # weighted by batch size, so the epoch value is the per-sample average even with a short last batch
         for name, value in zip(names, (mse, mse, mae)):
@@ -150,8 +180,9 @@ class Forecasting(ZooTask):
         self._eval_step(batch, (TEST_LOSS, TEST_MSE, TEST_MAE))
 
     def predict_step(self, batch, batch_idx):
-        x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return self.model(x)
+        if not isinstance(batch, (tuple, list)):
+            return predict_windows(self.model, batch)
+        return predict_windows(self.model, batch[0], batch[2] if len(batch) > 2 else None)
 
     def on_fit_end(self) -> None:
         if not self.hparams.test_after_fit or self.trainer.datamodule is None:
@@ -199,7 +230,7 @@ def evaluate_forecaster(model: nn.Module, data: str | None = None, split: str = 
     """
     import numpy as np
 
-    from gatedzoo.data.timeseries import SPLIT_NAMES, WindowDataset, load_frame, tslib_borders
+    from gatedzoo.data.timeseries import SPLIT_NAMES, WindowDataset, load_frame, time_steps, tslib_borders
 
     cfg = getattr(model, "zoo_config", {})
     td = cfg.get("source_data") or {}
@@ -221,6 +252,7 @@ def evaluate_forecaster(model: nn.Module, data: str | None = None, split: str = 
         )
     values = df[variables].to_numpy(dtype=np.float64)
     values = (values - np.asarray(cfg["scaler"]["mean"])) / np.asarray(cfg["scaler"]["std"])
+    steps = time_steps(df["date"], cfg.get("freq") or "")
     lookback, horizon = int(cfg["lookback"]), int(cfg["horizon"])
     if horizon != getattr(model, "pred_len", horizon) or lookback != getattr(model, "seq_len", lookback):
         raise ValueError(f"the config's lookback/horizon {lookback}/{horizon} do not match the model's "
@@ -230,7 +262,8 @@ def evaluate_forecaster(model: nn.Module, data: str | None = None, split: str = 
                                      tuple(td.get("ratios", (0.7, 0.1, 0.2))))
         i = SPLIT_NAMES.index(split)
         values = values[starts[i]:ends[i]]
-    ds = WindowDataset(values, lookback, horizon)
+        steps = None if steps is None else steps[starts[i]:ends[i]]
+    ds = WindowDataset(values, lookback, horizon, steps)
     if len(ds) == 0:
         raise ValueError(f"the {split} part has {len(values)} rows; one window needs lookback + horizon = "
                          f"{lookback + horizon}.")

@@ -28,7 +28,11 @@ def test_etth1_follows_the_tslib_borders():
     train = raw.iloc[:8640, 1:].to_numpy()
     np.testing.assert_allclose(dm.mean, train.mean(0))
     np.testing.assert_allclose(dm.std, train.std(0))  # population std, as scikit-learn's StandardScaler
-    x, y = dm.sets["test"][0]
+    x, y, step = dm.sets["test"][0]
+    # the window's time index counts hours since 1970-01-01 to its first look-back row (row 11424, 2017-10-20
+    # 00:00), so its phase in a daily cycle is that row's hour of the day
+    first = raw["date"].iloc[11424]
+    assert int(step) == (first - pd.Timestamp("1970-01-01")) // pd.Timedelta("1h") and int(step) % 24 == first.hour
     np.testing.assert_allclose(x[0].numpy(), ((raw.iloc[11424, 1:].to_numpy(float) - dm.mean) / dm.std), rtol=1e-5)
     np.testing.assert_allclose(y[0].numpy(), ((raw.iloc[11520, 1:].to_numpy(float) - dm.mean) / dm.std), rtol=1e-5)
     meta = dm.zoo_metadata()
@@ -51,9 +55,9 @@ def test_evaluation_keeps_every_window():
     need(EXCHANGE)
     dm = TimeSeriesDataModule("exchange", pred_len=720, batch_size=8, eval_batch_size=100)
     dm.setup()
-    sizes = [len(x) for x, _ in dm.test_dataloader()]
+    sizes = [len(x) for x, _, _ in dm.test_dataloader()]
     assert sum(sizes) == len(dm.sets["test"]) == 798 and sizes[-1] == 98  # drop_last=False
-    train_sizes = {len(x) for x, _ in dm.train_dataloader()}
+    train_sizes = {len(x) for x, _, _ in dm.train_dataloader()}
     assert train_sizes == {8}  # training drops the short last batch, as TSLib
 
 
@@ -61,8 +65,10 @@ def test_vic_elec_loads_offline():
     dm = TimeSeriesDataModule("vic_elec", seq_len=96, pred_len=48)
     dm.setup()
     assert dm.variables == ["Temperature", "Demand"] and dm.freq == "30min" and len(dm.dates) == 52608
-    x, y = dm.sets["train"][0]
+    x, y, step = dm.sets["train"][0]
     assert x.shape == (96, 2) and y.shape == (48, 2)
+    # half-hours from 1970-01-01 to the first row's timestamp (UTC, stored tz-naive)
+    assert int(step) == (dm.dates.iloc[0] - pd.Timestamp("1970-01-01")) // pd.Timedelta("30min")
 
 
 def test_ratio_borders_match_tslib_arithmetic():
@@ -127,3 +133,16 @@ def test_missing_file_offline_says_where_to_put_it(tmp_path, monkeypatch):
     monkeypatch.setenv("GATEDZOO_OFFLINE", "1")
     with pytest.raises(FileNotFoundError, match="ett/ETTh1.csv is missing: put it at"):
         load_frame("etth1", root=tmp_path)
+
+
+def test_time_steps_count_fixed_length_steps_from_1970():
+    from gatedzoo.data.timeseries import time_steps
+
+    daily = pd.Series(pd.date_range("1990-01-01", periods=3, freq="D"))
+    # days (a calendar offset in pandas 3, a Tick before) count as 24 hours on tz-naive timestamps
+    assert time_steps(daily, "D").tolist() == [7305, 7306, 7307]
+    assert time_steps(daily, "h").tolist() == [175320, 175344, 175368]
+    assert time_steps(pd.Series(pd.to_datetime(["1969-12-31 23:30"])), "h").tolist() == [-1]  # floor, not truncation
+    # months, business days, anchored weeks and no frequency have no fixed step ("MS" must not read as milliseconds)
+    for freq in ("MS", "B", "W-SUN", "", None):
+        assert time_steps(daily, freq) is None

@@ -126,3 +126,42 @@ def test_cli_text_overrides_are_numbers(windows):
     assert model.n_vars == 2 and model(windows).shape == (4, 24, 2)
     with pytest.raises(ValueError, match="n_vars='two' is not a number"):
         gatedzoo.create_model("gateformer", n_vars="two")
+
+
+def test_residual_cycle_is_removed_and_added_back_at_each_windows_phase(windows):
+    torch.manual_seed(0)
+    plain = small()
+    torch.manual_seed(0)
+    cyc = small(cycle_len=48)
+    assert cyc.reads_time and not plain.reads_time
+    cyc.load_state_dict(plain.state_dict(), strict=False)  # same weights; the profile starts at zero
+    step = torch.tensor([0, 5, 47, 1000])
+    # an untrained (zero) profile changes nothing
+    torch.testing.assert_close(cyc(windows, step), plain(windows), rtol=0, atol=0)
+    with torch.no_grad():
+        cyc.cycle.profile.copy_(torch.randn(48, 2))
+    q = cyc.cycle.profile
+    out = cyc(windows, step)
+    # by hand: normalise, subtract the profile at the look-back's phases, encode, add it at the horizon's phases
+    z, mean, std = cyc.norm(windows)
+    t_in = (step[:, None] + torch.arange(96)) % 48
+    t_out = (step[:, None] + 96 + torch.arange(24)) % 48
+    want = (cyc.head(cyc.encode(z - q[t_in])).transpose(1, 2) + q[t_out]) * std + mean
+    torch.testing.assert_close(out, want)
+    # only the phase matters: a whole number of cycles later gives the same forecast
+    torch.testing.assert_close(cyc(windows, step + 48 * 7), out)
+    assert not torch.allclose(cyc(windows, step + 1), out)
+    # the profile learns
+    cyc.train()
+    cyc(windows, step).square().mean().backward()
+    assert cyc.cycle.profile.grad is not None and cyc.cycle.profile.grad.abs().sum() > 0
+
+
+def test_residual_cycle_needs_the_time_step(windows):
+    cyc = small(cycle_len=24)
+    with pytest.raises(ValueError, match=r"needs each window's time step: call model\(x, step\)"):
+        cyc(windows)
+    with pytest.raises(ValueError, match=r"integer tensor of shape \[batch=4\]"):
+        cyc(windows, torch.zeros(4))
+    with pytest.raises(ValueError, match="cycle_len=-1 must be 0"):
+        small(cycle_len=-1)

@@ -3,6 +3,8 @@
 import json
 
 import lightning as L
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,7 +12,7 @@ from datafiles import need
 
 import gatedzoo
 from gatedzoo import cli
-from gatedzoo.data.timeseries import ETTH1, TimeSeriesDataModule, load_frame
+from gatedzoo.data.timeseries import ETTH1, TimeSeriesDataModule, WindowDataset, load_frame, time_steps
 from gatedzoo.tasks import EVALUATORS, SaveZooWeights
 from gatedzoo.tasks.base import TRAIN_LOSS, VAL_LOSS, lr_factor
 from gatedzoo.tasks.forecasting import TEST_MSE, VAL_MAE, VAL_MSE, Forecasting, check_data_fits, evaluate
@@ -105,7 +107,7 @@ def _vic_task(loss, seed=0, **kwargs):
 def test_training_loss_follows_the_loss_argument(vic_csv):
     dm = TimeSeriesDataModule(str(vic_csv), seq_len=96, pred_len=24, batch_size=32)
     dm.setup("fit")
-    x, y = next(iter(dm.train_dataloader()))
+    x, y, _ = next(iter(dm.train_dataloader()))
     expected = {"mse": F.mse_loss, "mae": F.l1_loss, "huber": F.huber_loss}
     got = {}
     for loss, fn in expected.items():
@@ -201,3 +203,43 @@ def test_golden_shipped_weights(horizon, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["metrics"]["windows"] == 2881 - horizon
     assert out["metrics"]["mse"] == pytest.approx(GOLDEN_TEST_MSE[horizon], rel=1e-4)
+
+
+def test_a_residual_cycle_trains_and_evaluates_at_the_timestamps_phase(vic_csv, tmp_path):
+    L.seed_everything(0, verbose=False)
+    dm = TimeSeriesDataModule(str(vic_csv), seq_len=96, pred_len=24, batch_size=16)
+    task = Forecasting("gateformer", model_args={"pred_len": 24, "n_vars": 2, "cycle_len": 48, **TINY}, lr=3e-3,
+                       test_after_fit=True)
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=20, accelerator="cpu", logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path),
+                        callbacks=[SaveZooWeights(str(tmp_path / "zoo"))])
+    trainer.fit(task, datamodule=dm)
+    assert task.model.cycle.profile.abs().sum() > 0  # the daily profile was learned
+    model = gatedzoo.create_model(str(tmp_path / "zoo"))
+    assert model.cycle_len == 48
+    # the evaluator re-reads the CSV, takes each window's phase from its timestamps and reproduces the fit's figure
+    metrics = EVALUATORS["forecasting"](model, data=str(vic_csv), split="test")
+    assert metrics["mse"] == pytest.approx(task.test_metrics[TEST_MSE], rel=1e-6)
+    # a file that starts 7 rows later (a different row index for every timestamp) gives every window the same phase
+    shifted = tmp_path / "shifted.csv"
+    load_frame(str(vic_csv)).iloc[7:].to_csv(shifted, index=False)
+    b = EVALUATORS["forecasting"](model, data=str(shifted), split="all")
+    cfg, df = model.zoo_config, load_frame(str(vic_csv))
+    values = (df[cfg["variables"]].to_numpy() - np.asarray(cfg["scaler"]["mean"])) / np.asarray(cfg["scaler"]["std"])
+
+    def windows_from_7(steps):
+        ds = torch.utils.data.Subset(WindowDataset(values, 96, 24, steps), range(7, len(values) - 96 - 24 + 1))
+        return evaluate(model, torch.utils.data.DataLoader(ds, batch_size=256))
+
+    same = windows_from_7(time_steps(df["date"], "30min"))
+    assert b["windows"] == same["samples"] and b["mse"] == pytest.approx(same["mse"], rel=1e-6)
+    # phases read from row positions instead would differ by 7 half-hours, and so would the forecasts
+    assert abs(windows_from_7(np.arange(len(df)) - 7)["mse"] - b["mse"]) > 1e-6
+    # irregular timestamps have no fixed-length step, so a cycle model refuses them before any training
+    odd = load_frame(str(vic_csv))
+    odd["date"] = odd["date"] + pd.to_timedelta((np.arange(len(odd)) % 3) * 7, unit="min")
+    dm_odd = TimeSeriesDataModule.from_frame(odd, seq_len=96, pred_len=24)
+    dm_odd.setup()
+    assert dm_odd.steps is None
+    with pytest.raises(ValueError, match="residual cycle .* not a fixed duration"):
+        check_data_fits(task.model, dm_odd)
