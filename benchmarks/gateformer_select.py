@@ -72,7 +72,7 @@ def recipe_settings(dataset: str, horizon: int) -> dict:
             **cfg["model"]["init_args"]["model_args"]}
 
 
-def grid(dataset: str, horizon: int) -> list[tuple[str, dict]]:
+def grid(dataset: str, horizon: int, common: dict | None = None) -> list[tuple[str, dict]]:
     """The stage-1 candidates of one dataset x horizon: ``[(label, overrides), ...]``, the paper's setting first.
 
     One factor at a time around the paper script's setting (a factorial grid does not fit one GPU call; five cells
@@ -90,6 +90,9 @@ def grid(dataset: str, horizon: int) -> list[tuple[str, dict]]:
     Not varied: width (the paper already picks 64 or 128 per horizon, and more capacity is the wrong direction for
     a model that overfits) and attention-probability dropout (three seeds of it are in the model card: no gain on
     ETTh1, worse on Exchange).
+
+    ``common`` (``--base``, e.g. ``{"cycle_len": 24}``): overrides that every candidate carries, the "paper" one
+    too. Default: none.
     """
     base = recipe_settings(dataset, horizon)
     lr = base["lr"]
@@ -99,7 +102,23 @@ def grid(dataset: str, horizon: int) -> list[tuple[str, dict]]:
                   ("lr x0.5", {"lr": lr / 2})]
     else:
         cells += [("lr x0.5", {"lr": lr / 2}), ("lr x2", {"lr": lr * 2})]
-    return cells + [("batch 32", {"batch_size": 32})]
+    cells.append(("batch 32", {"batch_size": 32}))
+    # ``common`` (--base): every cell, the "paper" one too, carries these overrides, so the grid varies around
+    # the recipe plus them
+    return [(label, {**(common or {}), **over}) for label, over in cells]
+
+
+def parse_base(text: str) -> dict:
+    """``"cycle_len=24,dropout=0.2"`` -> ``{"cycle_len": 24, "dropout": 0.2}`` (values read as YAML scalars)."""
+    import yaml
+
+    base = {}
+    for pair in (t for t in text.split(",") if t):
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--base: {pair!r} is not key=value (for example cycle_len=24).")
+        base[key] = yaml.safe_load(value)
+    return base
 
 
 def spec_of(dataset: str, horizon: int, overrides: dict, seed: int) -> str:
@@ -300,7 +319,8 @@ def schedule(cells1: list[Cell], pool: Pool, *, seeds: list[int], controls: bool
                   flush=True)
             new = [Cell(chosen.dataset, chosen.horizon, chosen.label, chosen.overrides, s, 2) for s in seeds]
             if controls and chosen.label != "paper":
-                new += [Cell(chosen.dataset, chosen.horizon, "paper", {}, s, 3) for s in seeds]
+                paper = next(c for c in members if c.label == "paper")
+                new += [Cell(chosen.dataset, chosen.horizon, "paper", paper.overrides, s, 3) for s in seeds]
             queue.extend(new)
             cells.extend(new)
 
@@ -650,6 +670,9 @@ def main(argv=None) -> int:
     p.add_argument("--min-train-seconds", type=float, default=30.0, help="do not launch a cell with less than this")
     p.add_argument("--tiny", action="store_true", help="2 epochs x 5 batches per cell (a CPU check of the pipeline)")
     p.add_argument("--list", action="store_true", help="print the stage-1 grid (or the study's cells) and exit")
+    p.add_argument("--base", default="",
+                   help="overrides every stage-1 cell carries, e.g. 'cycle_len=24' (comma-separated key=value, YAML "
+                        "values): the grid then varies around the recipe plus these")
     p.add_argument("--study", choices=("loss",), default=None,
                    help="instead of the selection: the ETTh1 training-loss study of the selected settings")
     a = p.parse_args(argv)
@@ -660,10 +683,11 @@ def main(argv=None) -> int:
     seeds = [int(s) for s in a.seeds.split(",") if s]
     if a.study == "loss":
         return loss_study(a, argv, t0, t_end, horizons, seeds)
+    base = parse_base(a.base)
     cells1 = []
     for h in horizons:  # horizon-major: the cheap Exchange grids interleave with the long ETTh1 ones
         for ds in datasets:
-            g = grid(ds, h)
+            g = grid(ds, h, base)
             g = g[:a.cells_per_group] if a.cells_per_group else g
             cells1 += [Cell(ds, h, label, over, STAGE1_SEED, 1) for label, over in g]
     if a.list:
@@ -687,7 +711,7 @@ def main(argv=None) -> int:
                           "kept checkpoint (best epoch by validation loss, full validation split, per-window "
                           "average); test metrics are recorded but never read by the rule",
         "stage1_seed": STAGE1_SEED, "stage2_seeds": seeds,
-        "grid": {f"{ds}_{h}": grid(ds, h) for ds in datasets for h in horizons},
+        "base": base, "grid": {f"{ds}_{h}": grid(ds, h, base) for ds in datasets for h in horizons},
         "counts": {f"stage{st}": {"cells": sum(r["stage"] == st for r in rows),
                                   "done": sum(r["stage"] == st and r["status"] == "done" for r in rows),
                                   "time_capped": sum(r["stage"] == st and bool(r["time_capped"]) for r in rows)}

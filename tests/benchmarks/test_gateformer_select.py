@@ -86,6 +86,24 @@ def test_schedule_selects_on_validation_and_retrains_with_fresh_seeds():
     assert all(c.status == "done" for c in cells)
 
 
+def test_base_overrides_ride_on_every_cell_and_on_the_controls():
+    assert gs.parse_base("cycle_len=24,dropout=0.2") == {"cycle_len": 24, "dropout": 0.2} and gs.parse_base("") == {}
+    with pytest.raises(SystemExit, match="not key=value"):
+        gs.parse_base("cycle_len")
+    common = {"cycle_len": 24}
+    stage1 = [gs.Cell("etth1", 96, label, over, gs.STAGE1_SEED, 1) for label, over in gs.grid("etth1", 96, common)]
+    assert stage1[0].overrides == common and all(c.overrides["cycle_len"] == 24 for c in stage1)
+    assert stage1[1].spec == "etth1_96+cycle_len=24+dropout=0.2+seed=2021"
+    val = {"paper": 0.70, "dropout 0.2": 0.72, "dropout 0.3": 0.69, "lr x2": 0.68, "batch 32": 0.75}
+    pool = FakePool(4, lambda c: (val[c.label], 0.4))
+    cells, sel = gs.schedule(stage1, pool, seeds=[0, 1], controls=True, t_end=time.time() + 60,
+                             stage2_reserve_s=0, cap_minutes=1.0, min_train_s=0)
+    assert sel["etth1_96"]["label"] == "lr x2"
+    # the fresh seeds of the pick and the controls (the grid's own "paper" cell) keep the common overrides
+    assert all(c.overrides["cycle_len"] == 24 for c in cells if c.stage in (2, 3))
+    assert [c.overrides for c in cells if c.stage == 3] == [common, common]
+
+
 def test_schedule_skips_cells_the_budget_cannot_fit():
     pool = FakePool(2, lambda c: (0.7, 0.4))
     # the deadline leaves less than the child overhead: nothing may be launched, the study still returns
