@@ -110,15 +110,10 @@ def grid(dataset: str, horizon: int, common: dict | None = None) -> list[tuple[s
 
 def parse_base(text: str) -> dict:
     """``"cycle_len=24,dropout=0.2"`` -> ``{"cycle_len": 24, "dropout": 0.2}`` (values read as YAML scalars)."""
-    import yaml
-
-    base = {}
-    for pair in (t for t in text.split(",") if t):
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--base: {pair!r} is not key=value (for example cycle_len=24).")
-        base[key] = yaml.safe_load(value)
-    return base
+    try:
+        return gt.parse_overrides([t for t in text.split(",") if t])
+    except ValueError as err:
+        raise SystemExit(f"--base: {err}") from None
 
 
 def spec_of(dataset: str, horizon: int, overrides: dict, seed: int) -> str:

@@ -62,14 +62,25 @@ def parse_cell(spec: str) -> tuple[str, dict, str]:
     seed and training batch size, the keys of ``TASK_KEYS`` (``lr``, ``loss``, ``huber_delta``) the arguments of
     the :class:`~gatedzoo.tasks.forecasting.Forecasting` task; every other key is a model argument.
     """
+    recipe, *pairs = spec.split("+")
+    return recipe, parse_overrides(pairs), spec.replace("+", "-").replace("=", "-")
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """``["dropout=0.2", "loss=mae"]`` -> ``{"dropout": 0.2, "loss": "mae"}`` (values read as YAML scalars).
+
+    Raises:
+        ValueError: a pair is not ``key=value``.
+    """
     import yaml
 
-    recipe, *pairs = spec.split("+")
     over = {}
     for pair in pairs:
-        key, _, value = pair.partition("=")
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{pair!r} is not key=value (for example cycle_len=24).")
         over[key] = yaml.safe_load(value)
-    return recipe, over, spec.replace("+", "-").replace("=", "-")
+    return over
 
 
 def run_cell(spec: str, out: Path, tiny: bool, backend: str, max_minutes: float) -> dict:

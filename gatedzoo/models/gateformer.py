@@ -251,6 +251,15 @@ class Gateformer(ZooMixin, nn.Module):
             raise ValueError(f"step must be an integer tensor of shape [batch={x.shape[0]}], got "
                              f"{step.dtype} {list(step.shape)}.")
 
+    def _normalise(self, x: torch.Tensor, step: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        """Checked input -> ``(z, mean, std)``: instance-normalised, minus the residual cycle when there is one."""
+        self._check(x, step)
+        z, mean, std = self.norm(x)
+        if self.cycle is not None:
+            # CycleNet's order: the cycle is removed after instance normalisation and added back before undoing it
+            z = z - self.cycle(step, self.seq_len)
+        return z, mean, std
+
     def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised ``x`` ``[B, L, N]`` -> global ``g`` and temporal-dependency ``t`` embeddings, ``[B, N, d]``."""
         b, _, n = x.shape
@@ -276,11 +285,7 @@ class Gateformer(ZooMixin, nn.Module):
 
         ``step`` ``[B]`` int64: time index of each window's first look-back step; read only with ``cycle_len > 0``.
         """
-        self._check(x, step)
-        z, mean, std = self.norm(x)
-        if self.cycle is not None:
-            # CycleNet's order: the cycle is removed after instance normalisation and added back before undoing it
-            z = z - self.cycle(step, self.seq_len)
+        z, mean, std = self._normalise(x, step)
         out = self.head(self.encode(z)).transpose(1, 2)
         if self.cycle is not None:
             out = out + self.cycle(step + self.seq_len, self.pred_len)
@@ -290,10 +295,7 @@ class Gateformer(ZooMixin, nn.Module):
     def gates(self, x: torch.Tensor, step: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The gate values ``[B, N, d]`` of gate 1 (weight on the global embedding) and gate 2 (weight kept on the
         pre-attention tokens), for inspection."""
-        self._check(x, step)
-        z, _, _ = self.norm(x)
-        if self.cycle is not None:
-            z = z - self.cycle(step, self.seq_len)
+        z, _, _ = self._normalise(x, step)
         g, t = self._embed(z)
         e = self.temporal_gate(g, t)
         c = e
