@@ -60,7 +60,9 @@ def parse_cell(spec: str) -> tuple[str, dict, str]:
 
     Values are read as YAML scalars (``dropout=0.2`` is a float). ``seed`` and ``batch_size`` override the recipe's
     seed and training batch size, the keys of ``TASK_KEYS`` (``lr``, ``loss``, ``huber_delta``) the arguments of
-    the :class:`~gatedzoo.tasks.forecasting.Forecasting` task; every other key is a model argument.
+    the :class:`~gatedzoo.tasks.forecasting.Forecasting` task, ``ema=DECAY`` adds the
+    :class:`~gatedzoo.tasks.EMAWeights` callback (validation, the kept checkpoint and the test then use the
+    exponential moving average of the weights); every other key is a model argument.
     """
     recipe, *pairs = spec.split("+")
     return recipe, parse_overrides(pairs), spec.replace("+", "-").replace("=", "-")
@@ -89,7 +91,8 @@ def run_cell(spec: str, out: Path, tiny: bool, backend: str, max_minutes: float)
     import torch
     import yaml
 
-    from gatedzoo.tasks.forecasting import TEST_MAE, TEST_MSE
+    from gatedzoo.tasks import EMAWeights
+    from gatedzoo.tasks.forecasting import TEST_MAE, TEST_MSE, VAL_MSE
 
     name, over, folder = parse_cell(spec)
     cfg = yaml.safe_load((RECIPES / f"{name}.yaml").read_text())
@@ -104,6 +107,8 @@ def run_cell(spec: str, out: Path, tiny: bool, backend: str, max_minutes: float)
         if "dirpath" in args:
             args["dirpath"] = str(cell_dir / Path(args["dirpath"]).name)
         callbacks.append(_build({"class_path": cb["class_path"], "init_args": args}))
+    if "ema" in over:  # as a recipe's gatedzoo.tasks.EMAWeights callback
+        callbacks.append(EMAWeights(decay=float(over.pop("ema"))))
     tr.update(default_root_dir=str(cell_dir), enable_progress_bar=False, logger=False,
               max_time={"minutes": max_minutes})
     if tiny:
@@ -127,10 +132,12 @@ def run_cell(spec: str, out: Path, tiny: bool, backend: str, max_minutes: float)
         "dataset": name.split("_")[0], "horizon": int(name.split("_")[1]),
         "mse": task.test_metrics[TEST_MSE], "mae": task.test_metrics[TEST_MAE],
         "best_val_mse": None if ckpt is None or ckpt.best_model_score is None else float(ckpt.best_model_score),
+        "kept_val_mse": task.test_metrics[VAL_MSE],  # re-evaluated on the weights tested (EMA ones with ema=)
         "epochs": trainer.current_epoch, "stopped_early": bool(stopper and stopper.stopped_epoch > 0),
         "steps": trainer.global_step, "train_seconds": round(seconds, 1),
         "params": sum(p.numel() for p in task.model.parameters()), "model_args": task.hparams.model_args,
         "lr": task.hparams.lr, "loss": task.hparams.loss, "batch_size": dm.batch_size, "backend": backend,
+        "ema": next((cb.decay for cb in callbacks if isinstance(cb, EMAWeights)), None),
     }
 
 

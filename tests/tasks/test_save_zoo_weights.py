@@ -1,0 +1,36 @@
+"""SaveZooWeights: the metrics written beside the weights describe those weights, not the last epoch's.
+
+Real training on scikit-learn's digits; the checkpoint monitor is set to keep the *worst* validation accuracy
+(mode="min"), so the kept weights are an early epoch's while the last epoch's metrics are better.
+"""
+
+import json
+
+import lightning as L
+import pytest
+from toy import DigitsDataModule, evaluate_toy
+
+from gatedzoo.tasks import Classification, SaveZooWeights
+from gatedzoo.zoo import create_model
+
+
+def _fit(tmp_path, mode):
+    L.seed_everything(0)
+    task = Classification(arch="toy_attention_classifier", lr=3e-3, weight_decay=0.0)
+    ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val/acc", mode=mode)
+    trainer = L.Trainer(max_epochs=3, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=tmp_path, callbacks=[ckpt, SaveZooWeights(dirpath=str(tmp_path / "zoo"))])
+    trainer.fit(task, datamodule=DigitsDataModule())
+    cfg = json.loads((tmp_path / "zoo" / "config.json").read_text())
+    return cfg["metrics"], evaluate_toy(create_model(str(tmp_path / "zoo")))["accuracy"], trainer
+
+
+def test_metrics_of_an_earlier_best_checkpoint_are_its_own(tmp_path):
+    metrics, acc, trainer = _fit(tmp_path, "min")
+    assert trainer.callback_metrics["val/acc"] > metrics["val/acc"] + 0.05  # the last epoch was better: not kept
+    assert metrics == {"val/acc": pytest.approx(acc, abs=1e-6)}  # only the kept checkpoint's own score
+
+
+def test_metrics_of_a_best_last_epoch_are_all_kept(tmp_path):
+    metrics, acc, _ = _fit(tmp_path, "max")
+    assert metrics["val/acc"] == pytest.approx(acc, abs=1e-6) and {"val/loss", "train/loss"} <= set(metrics)
