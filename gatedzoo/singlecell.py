@@ -15,8 +15,8 @@ Fine-tune on labelled cells and predict::
     model.predict(query)                            # query.obs["scfm_pred"], query.obs["scfm_prob"]
     model.save_pretrained("my_model")               # SCFM("my_model") later
 
-Every call checks the AnnData before work starts (gene overlap with the vocabulary, counts vs normalised data,
-empty cells, NaN/inf, missing keys) and says how to fix what it finds.
+Every call checks the AnnData before work starts, every cell of it (gene overlap with the vocabulary, counts vs
+normalised data, empty cells, NaN/inf, duplicated genes, missing keys) and says how to fix what it finds.
 """
 
 from __future__ import annotations
@@ -81,7 +81,8 @@ class SCFM:
             layer (str, Optional): layer holding raw counts. Default: ``.X``.
             gene_key (str, Optional): var column with gene symbols or Ensembl ids. Default: ``var_names``.
             batch_key (str, Optional): obs column of batches (kept with the embeddings' metadata). Default: `None`.
-            labels_key (str, Optional): obs column of cell types (fine-tuning). Default: `None`.
+            labels_key (str, Optional): obs column of cell types (fine-tuning); NaN = unlabelled cell, left out of
+                fine-tuning. Default: `None`.
             input (str, Optional): ``"counts"`` or ``"log1p"``; say ``"log1p"`` to use log-normalised data on
                 purpose when no counts exist. Default: detect (counts required).
         """
@@ -105,7 +106,13 @@ class SCFM:
         return dict(adata.uns[REGISTRY_KEY])
 
     def check(self, adata) -> dict:
-        """Run the input checks against this model's vocabulary; returns gene overlap and input kind."""
+        """Run the input checks against this model's vocabulary; returns gene overlap and input kind.
+
+        Returns ``gene_overlap`` (share of the model's vocabulary present in ``adata``), ``genes_in_vocab`` (share
+        of ``adata``'s genes in the vocabulary), ``input`` and ``detected`` (see
+        :func:`gatedzoo.data.singlecell.check_anndata`). A low ``gene_overlap`` also raises a
+        :class:`~gatedzoo.data.singlecell.LowGeneOverlapWarning`; non-matching gene ids a :class:`DataCheckError`.
+        """
         f = self._fields(adata)
         info = check_anndata(adata, self.vocab, expected_input=self.preprocessing.get("expected_input", "counts"),
                              **f)
@@ -164,6 +171,9 @@ class SCFM:
               val_fraction: float = 0.1, accelerator: str = "auto", seed: int = 0, **trainer_kwargs) -> dict:
         """Fine-tune a cell-type head (and the unfrozen blocks) on the labels registered with ``setup_anndata``.
 
+        Cells whose label is missing (NaN / None in the ``labels_key`` column) are left out of training and of the
+        validation metrics; the classes are the labels present (never a ``"nan"`` class).
+
         Args:
             freeze_layers (int): freeze the embeddings and the first N blocks; ``-1`` trains the head only.
             val_fraction (float): stratified hold-out for ``val/acc`` and ``val/macro_f1``.
@@ -178,8 +188,15 @@ class SCFM:
         from gatedzoo.tasks.masked_expression import CellTypeClassification
 
         cells = self._tokenize(adata, with_labels=True)
-        if (cells.labels < 0).all():
-            raise DataCheckError("every cell's label is missing; fill the labels_key column.")
+        labelled = np.flatnonzero(cells.labels >= 0)
+        if not len(labelled):
+            raise DataCheckError("every cell's label is missing (NaN in the labels_key column); fill it for at least "
+                                 "the cells to learn from.")
+        if len(labelled) < len(cells):
+            # unlabelled cells carry no loss and no metric; leaving them out also keeps a batch from holding none
+            log.info("SCFM.train: %d of %d cells have no label (NaN) and are left out", len(cells) - len(labelled),
+                     len(cells))
+            cells = cells.subset(labelled)
         L.seed_everything(seed, verbose=False)
         dm = SingleCellDataModule(dataset=[], n_bins=self.module.n_bins, max_genes=self._max_genes(),
                                   mask_ratio=0.0, val_fraction=val_fraction, batch_size=batch_size, seed=seed)

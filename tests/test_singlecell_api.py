@@ -126,3 +126,44 @@ def test_saved_setup_travels_with_the_file_into_gatedzoo_eval(model, fresh, tmp_
     assert read_dataset(str(path))[1] == {"input": "log1p", "labels_key": "cell_type"}
     out = evaluate(model.module, data=str(path), split="test")
     assert out["n_cells"] == 40 and np.isfinite(out["masked_loss"]) and 0 <= out["knn_acc"] <= 1
+
+
+def test_embed_of_a_backed_view_equals_the_same_cells_in_memory(model, fresh, tmp_path):
+    path = tmp_path / "cells.h5ad"
+    fresh.write_h5ad(path)
+    backed = ad.read_h5ad(path, backed="r")
+    SCFM.setup_anndata(backed, layer="counts", batch_key="batch")
+    view = backed[(backed.obs["batch"] == "stim").to_numpy()]  # the last 20 of the file's 40 cells
+    emb = model.get_latent_representation(view)
+    mem = fresh[20:].copy()
+    SCFM.setup_anndata(mem, layer="counts", batch_key="batch")
+    assert emb.shape == (20, 64)
+    assert np.allclose(emb, model.get_latent_representation(mem), atol=1e-5)
+
+
+def test_unlabelled_cells_are_left_out_of_finetuning(model):
+    p68, _ = read_dataset("pbmc68k_reduced")
+    ref = p68.raw.to_adata()[::7].copy()
+    lab = p68.obs["bulk_labels"].to_numpy()[::7].astype(object)
+    lab[::3] = np.nan
+    ref.obs["cell_type"] = pd.Categorical(lab)
+    SCFM.setup_anndata(ref, labels_key="cell_type", input="log1p")
+    with pytest.warns(UserWarning, match="8.5%"):  # pbmc68k_reduced keeps 765 genes of this 9,048-gene vocabulary
+        model.train(ref, max_epochs=1, batch_size=16, limit_train_batches=1, limit_val_batches=1,
+                    enable_progress_bar=False)
+    assert "nan" not in model.label_names and model.label_names == sorted(set(lab[pd.notna(lab)]))
+    model.predict(ref)
+    assert "nan" not in list(ref.obs["scfm_pred"].cat.categories)
+    ref.obs["cell_type"] = pd.Categorical([np.nan] * ref.n_obs, categories=["T"])
+    with pytest.raises(DataCheckError, match="every cell's label is missing"):
+        model.train(ref, max_epochs=1)
+
+
+def test_check_reports_a_low_gene_overlap_visibly(model, fresh):
+    from gatedzoo.data.singlecell import LowGeneOverlapWarning
+
+    top = np.argsort(-np.asarray(fresh.layers["counts"].sum(0)).ravel())[:40]
+    few = fresh[:, top].copy()
+    SCFM.setup_anndata(few, layer="counts")
+    with pytest.warns(LowGeneOverlapWarning, match=r"only 40 of the model's 9048 vocabulary genes \(0.4%\)"):
+        assert model.check(few)["genes_in_vocab"] == 1.0

@@ -9,13 +9,15 @@ the GPU machine reads those without anndata or scanpy.
 
 Datasets: ``"pbmc68k_reduced"`` (ships inside scanpy; its ``.X`` is scaled, so ``.raw`` (log-normalised) is used and
 recorded as ``input="log1p"``), ``"pbmc_stim"`` (``$GATEDZOO_DATA/pbmc_stim/pbmc_stim.h5ad``, raw counts, two
-batches), or any ``.h5ad`` path (read in backed mode with ``backed=True``, in row chunks).
+batches), or any ``.h5ad`` path (read in backed mode with ``backed=True``: ``.X`` in row chunks from the file;
+anndata loads a backed file's layers into memory, so a file larger than memory needs its counts in ``.X``).
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +49,14 @@ SETUP_FIELDS = ("layer", "gene_key", "batch_key", "labels_key", "input")
 
 class DataCheckError(ValueError):
     """An AnnData cannot be used as given; the message says what is wrong and how to fix it."""
+
+
+class LowGeneOverlapWarning(UserWarning):
+    """The data cover less of the model's gene vocabulary than ``MIN_GENE_OVERLAP`` (a gene subset): accepted."""
+
+
+class DuplicateGeneWarning(UserWarning):
+    """Several columns carry the same vocabulary gene; only the first one is tokenised."""
 
 
 def _strip_version(g: str) -> str:
@@ -189,11 +199,15 @@ def detect_input_kind(sample) -> str:
     vals = vals[np.isfinite(vals)]
     if vals.size == 0:
         return "counts"
-    if vals.min() < 0:
+    return _input_kind(float(vals.min()), bool(np.allclose(vals, np.round(vals))), float(vals.max()))
+
+
+def _input_kind(vmin: float, integer: bool, vmax: float) -> str:
+    if vmin < 0:
         return "scaled"
-    if np.allclose(vals, np.round(vals)):
+    if integer:
         return "counts"
-    return "log1p" if vals.max() <= 30 else "normalized"
+    return "log1p" if vmax <= 30 else "normalized"
 
 
 def bin_values(values: np.ndarray, n_bins: int) -> np.ndarray:
@@ -212,7 +226,8 @@ def tokenize_matrix(rows_iter, gene_ids: np.ndarray, n_bins: int) -> tuple[np.nd
         n_bins (int): number of value bins (bin 0 = not expressed is never stored).
 
     Returns:
-        ``(indptr int64 [N + 1], genes int32 [nnz], bins uint8 [nnz])``, genes by decreasing value per cell.
+        ``(indptr int64 [N + 1], genes int32 [nnz], bins uint8 [nnz])``, genes by decreasing value per cell (equal
+        values in column order).
     """
     import scipy.sparse as sp
 
@@ -243,21 +258,68 @@ def _matrix(adata, layer: str | None, use_raw: bool):
 
 
 def _row_chunks(adata, layer: str | None, use_raw: bool, chunk: int = 2048):
-    """Yield row chunks; in backed mode a layer is read straight from the file (never loaded whole)."""
-    n = adata.n_obs
-    if adata.isbacked and layer is not None:
-        import h5py
-        from anndata.io import sparse_dataset
+    """Yield ``[<= chunk, n_vars]`` row chunks of the matrix the model reads, in ``adata``'s cell and gene order.
 
-        with h5py.File(adata.filename, "r") as f:
-            node = f["layers"][layer]
-            m = sparse_dataset(node) if isinstance(node, h5py.Group) else node
-            for i in range(0, n, chunk):
-                yield m[i:i + chunk]
+    A backed AnnData keeps ``.X`` on disk: its rows are read from the file chunk by chunk; for a view
+    (``adata[mask]``) the rows and genes are the view's, in the view's order. anndata loads a backed file's layers
+    and ``.raw`` into memory when it opens the file, so those are sliced in memory like any in-memory matrix (a
+    view's layer already holds only the view's cells).
+    """
+    if not (adata.isbacked and layer is None and not use_raw):
+        m = _matrix(adata, layer, use_raw)
+        for i in range(0, adata.n_obs, chunk):
+            yield m[i:i + chunk]
         return
-    m = _matrix(adata, layer, use_raw)
-    for i in range(0, n, chunk):
-        yield m[i:i + chunk]
+    if adata.is_view:
+        # anndata refuses views of backed views, so the parent is the file-backed AnnData itself
+        parent = adata._adata_ref
+        m, rows, cols = parent.X, np.arange(parent.n_obs)[adata._oidx], adata._vidx
+    else:
+        m, rows, cols = adata.X, np.arange(adata.n_obs), slice(None)
+    for i in range(0, len(rows), chunk):
+        r = rows[i:i + chunk]
+        if len(r) and r[-1] - r[0] == len(r) - 1 and (np.diff(r) == 1).all():
+            part = m[int(r[0]):int(r[-1]) + 1]
+        else:
+            # h5py reads increasing, unique indices only: read those, then restore the view's order and repeats
+            uniq, inv = np.unique(r, return_inverse=True)
+            part = m[uniq][inv]
+        yield part if isinstance(cols, slice) and cols == slice(None) else part[:, cols]
+
+
+def _scan_values(adata, layer: str | None, use_raw: bool) -> dict:
+    """One pass over every cell, in row chunks: what the input checks need to know about the values.
+
+    Returns ``nonfinite`` / ``negative`` / ``empty`` (int64 row positions of cells with a NaN or inf, a negative
+    value, no value > 0), ``integer`` (bool: all finite values are whole numbers) and ``vmax`` (float: largest
+    finite value).
+    """
+    import scipy.sparse as sp
+
+    nonfinite, negative, empty = [], [], []
+    integer, vmax, start = True, -np.inf, 0
+    for chunk in _row_chunks(adata, layer, use_raw):
+        c = sp.csr_matrix(chunk)  # scipy stores NaN / inf of a dense chunk as non-zeros, so .data sees them
+        n = c.shape[0]
+        row = np.repeat(np.arange(n), np.diff(c.indptr))
+        vals = c.data
+        fin = np.isfinite(vals)
+        nonfinite.append(start + np.unique(row[~fin]))
+        neg = fin & (vals < 0)
+        negative.append(start + np.unique(row[neg]))
+        empty.append(start + np.flatnonzero(np.bincount(row[vals > 0], minlength=n) == 0))
+        v = vals[fin]
+        if v.size:
+            vmax = max(vmax, float(v.max()))
+            integer = integer and bool(np.allclose(v, np.round(v)))
+        start += n
+    cat = lambda xs: np.concatenate(xs).astype(np.int64) if xs else np.zeros(0, np.int64)  # noqa: E731
+    return {"nonfinite": cat(nonfinite), "negative": cat(negative), "empty": cat(empty), "integer": integer,
+            "vmax": vmax}
+
+
+def _examples(adata, rows: np.ndarray, k: int = 3) -> str:
+    return f"{len(rows)} of {adata.n_obs} cells (e.g. obs_names {list(map(str, adata.obs_names[rows[:k]]))})"
 
 
 def check_anndata(adata, vocab: GeneVocab, *, layer: str | None = None, use_raw: bool = False,
@@ -266,13 +328,24 @@ def check_anndata(adata, vocab: GeneVocab, *, layer: str | None = None, use_raw:
                   min_overlap: float = MIN_GENE_OVERLAP) -> dict:
     """Validate an AnnData before any work; return what was found (gene column, overlap, input kind, ...).
 
-    Raises :class:`DataCheckError` naming the problem and its fix: unknown ``layer`` / ``gene_key`` / ``labels_key``
-    / ``batch_key``, gene overlap with the vocabulary below ``min_overlap``, scaled (negative) data, normalised or
-    log data where ``expected_input="counts"`` (pass the counts layer, or ``input="log1p"`` to accept it: the
-    per-cell rank binning makes log1p and counts give the same tokens), NaN/inf, cells with no expressed gene.
-    """
-    import scipy.sparse as sp
+    Two gene-overlap shares are measured: ``gene_overlap``, the share of the model's vocabulary present in the data,
+    and ``genes_in_vocab``, the share of the data's genes found in the vocabulary. When both are below
+    ``min_overlap`` (default 0.5) the gene identifiers do not match the vocabulary (Ensembl ids vs symbols, another
+    species, a wrong ``gene_key``) and the data are refused. When only ``gene_overlap`` is below it (a gene subset:
+    highly variable genes, a targeted panel) the data are accepted with a :class:`LowGeneOverlapWarning` that gives
+    the share, because cells are then ranked among far fewer genes than in pretraining.
 
+    The value checks read every cell (in row chunks of 2,048; a backed file is read once for them). Raises
+    :class:`DataCheckError` naming the problem and its fix: unknown ``layer`` / ``gene_key`` / ``labels_key`` /
+    ``batch_key``, non-matching gene identifiers, NaN/inf, scaled (negative) data, normalised or log data where
+    ``expected_input="counts"`` (pass the counts layer, or ``input="log1p"`` to accept it: the per-cell rank binning
+    makes log1p and counts give the same tokens), cells with no expressed gene. Duplicated gene names that are in
+    the vocabulary give a :class:`DuplicateGeneWarning`; only the first column of each such gene is tokenised.
+
+    Returns a dict: ``gene_names`` (list[str]), ``gene_ids`` (``[n_vars]`` int64 vocabulary index per column, ``-1``
+    = not used), ``gene_overlap`` and ``genes_in_vocab`` (float in [0, 1]), ``input`` (``"counts"`` / ``"log1p"``:
+    how the data are used), ``detected`` (the kind found in the values).
+    """
     for key in (labels_key, batch_key):
         if key is not None and key not in adata.obs:
             raise DataCheckError(f"obs has no column {key!r}; columns are {list(adata.obs.columns)[:20]}. "
@@ -280,6 +353,8 @@ def check_anndata(adata, vocab: GeneVocab, *, layer: str | None = None, use_raw:
     if layer is not None and layer not in adata.layers:
         raise DataCheckError(f"layer {layer!r} not found; layers are {list(adata.layers.keys())}. "
                              "Pass layer=None to use .X.")
+    if input is not None and input not in INPUT_KINDS:
+        raise DataCheckError(f"input={input!r}; use one of {INPUT_KINDS} (or None to detect).")
     var = adata.raw.var if use_raw else adata.var
     names = var.index if gene_key is None else var.get(gene_key, None)
     if names is None:
@@ -287,52 +362,78 @@ def check_anndata(adata, vocab: GeneVocab, *, layer: str | None = None, use_raw:
                              "Pass gene_key=None to use var_names.")
     names = [str(x) for x in names]
     ids = vocab.encode(names)
-    overlap = float((ids >= 0).sum() / max(len(vocab.genes), 1))
-    found = float((ids >= 0).mean()) if len(ids) else 0.0
+    n_found = int((ids >= 0).sum())
+    overlap = n_found / max(len(vocab.genes), 1)
+    found = n_found / len(ids) if len(ids) else 0.0
     if overlap < min_overlap and found < min_overlap:
         ens = sum(bool(_ENSEMBL.match(n)) for n in names[:200]) > 100
         alt = [c for c in SYMBOL_COLUMNS if c in var and c != gene_key]
         hint = ("your gene ids look like Ensembl ids but the vocabulary holds symbols; " if ens and
                 not vocab.uses_ensembl else "")
         raise DataCheckError(
-            f"only {(ids >= 0).sum()} of {len(names)} genes ({found:.1%}) are in the model's {len(vocab.genes)}-gene "
-            f"vocabulary (threshold {min_overlap:.0%}); {hint}pass gene_key= a var column with "
+            f"only {n_found} of {len(names)} genes ({found:.1%}) are in the model's {len(vocab.genes)}-gene "
+            f"vocabulary, covering {overlap:.1%} of it (refused when both are below {min_overlap:.0%}): the gene "
+            f"identifiers do not match; {hint}pass gene_key= a var column with "
             f"{'Ensembl ids' if vocab.uses_ensembl else 'gene symbols'}"
             + (f" (candidates: {alt})" if alt else "") + ", or fine-tune a model on a vocabulary built from your genes."
         )
-    m = _matrix(adata, layer, use_raw)
-    sample = m[: min(adata.n_obs, 500)]
-    dense_vals = sample.data if sp.issparse(sample) else np.asarray(sample)
-    if not np.isfinite(dense_vals).all():
-        raise DataCheckError(f"{_where(layer, use_raw)} contains NaN or inf values; remove or impute them "
-                             "(e.g. adata = adata[np.isfinite(X).all(1)]) before using the model.")
-    kind = detect_input_kind(sample)
-    if kind == "scaled":
+    if overlap < min_overlap:
+        warnings.warn(
+            f"only {n_found} of the model's {len(vocab.genes)} vocabulary genes ({overlap:.1%}) are in this AnnData "
+            f"(below {min_overlap:.0%}; {found:.0%} of its {len(names)} genes match): it looks like a gene subset "
+            "(highly variable genes, a targeted panel). Each cell is ranked among these genes only, unlike in "
+            "pretraining, so embeddings and predictions are less reliable. Use all measured genes when you have "
+            "them (the counts before subsetting to HVGs, or adata.raw.to_adata()).",
+            LowGeneOverlapWarning, stacklevel=3)
+    ids = _drop_duplicate_genes(names, ids)
+    scan = _scan_values(adata, layer, use_raw)
+    where = _where(layer, use_raw)
+    if len(scan["nonfinite"]):
+        raise DataCheckError(f"{where} contains NaN or inf values in {_examples(adata, scan['nonfinite'])}; remove "
+                             "or impute them (e.g. keep the finite cells: adata = adata[np.isfinite(X).all(1)]) "
+                             "before using the model.")
+    if len(scan["negative"]):
+        raw_hint = (", or .raw: pass adata.raw.to_adata() (with input='log1p' if .raw is log-normalised)"
+                    if adata.raw is not None and not use_raw else "")
         raise DataCheckError(
-            f"{_where(layer, use_raw)} has negative values: it looks scaled (sc.pp.scale) or centred, which destroys "
-            "the zero / non-zero structure the tokens are built from. Use the layer with raw counts "
-            f"(layers: {list(adata.layers.keys())}{', or .raw' if adata.raw is not None and not use_raw else ''})."
+            f"{where} has negative values in {_examples(adata, scan['negative'])}: it looks scaled (sc.pp.scale) "
+            "or centred, which destroys the zero / non-zero structure the tokens are built from. Use the layer "
+            f"with raw counts (layers: {list(adata.layers.keys())}{raw_hint})."
         )
-    if input is not None and input not in INPUT_KINDS:
-        raise DataCheckError(f"input={input!r}; use one of {INPUT_KINDS} (or None to detect).")
+    kind = _input_kind(0.0, scan["integer"], scan["vmax"])
     if kind in ("log1p", "normalized") and expected_input == "counts" and input is None:
         counts_layers = [k for k in adata.layers if k != layer]
         raise DataCheckError(
-            f"{_where(layer, use_raw)} holds non-integer values (looks {kind}), but the model expects raw counts. "
+            f"{where} holds non-integer values (looks {kind}), but the model expects raw counts. "
             + (f"Pass layer= one of {counts_layers} if it holds counts. " if counts_layers else "")
             + "If no counts exist, pass input='log1p' to accept normalised/log data knowingly (tokens are per-cell "
             "ranks, so log1p(normalised counts) tokenises like counts; do not reverse-engineer counts). For a file "
             "(gatedzoo eval --data, recipes): SCFM.setup_anndata(adata, input='log1p') (or layer='counts'), then "
             "adata.write_h5ad(path): the setup travels in adata.uns."
         )
-    nnz = np.asarray((sample > 0).sum(1)).ravel()
-    if (nnz == 0).any():
-        raise DataCheckError(
-            f"{int((nnz == 0).sum())} of the first {len(nnz)} cells have no expressed gene in "
-            f"{_where(layer, use_raw)}; filter them first: sc.pp.filter_cells(adata, min_genes=1)."
-        )
+    if len(scan["empty"]):
+        raise DataCheckError(f"{_examples(adata, scan['empty'])} have no expressed gene in {where}; filter them "
+                             "first: sc.pp.filter_cells(adata, min_genes=1).")
     return {"gene_names": names, "gene_ids": ids, "gene_overlap": overlap, "genes_in_vocab": found,
             "input": input or ("counts" if kind == "counts" else "log1p"), "detected": kind}
+
+
+def _drop_duplicate_genes(names: list[str], ids: np.ndarray) -> np.ndarray:
+    """Keep the first column of each vocabulary gene named more than once (warn); later ones become ``-1``."""
+    known = np.flatnonzero(ids >= 0)
+    _, first = np.unique(ids[known], return_index=True)
+    later = np.setdiff1d(known, known[first])
+    if not len(later):
+        return ids
+    examples = list(dict.fromkeys(names[i] for i in later))[:5]
+    warnings.warn(
+        f"{len(later)} gene columns repeat a gene name already seen (e.g. {examples}); a gene must be one token "
+        "per cell, so only the first column of each is used. Make the names unique (adata.var_names_make_unique(), "
+        "or a unique gene_key column), or sum the duplicated columns into one per gene first if they are parts of "
+        "the same gene.", DuplicateGeneWarning, stacklevel=3)
+    ids = ids.copy()
+    ids[later] = -1
+    return ids
 
 
 def _where(layer, use_raw) -> str:
@@ -342,14 +443,16 @@ def _where(layer, use_raw) -> str:
 def tokenize_anndata(adata, vocab: GeneVocab, *, n_bins: int = 51, layer: str | None = None, use_raw: bool = False,
                      gene_key: str | None = None, labels_key: str | None = None, batch_key: str | None = None,
                      input: str | None = None, expected_input: str = "counts", label_names: list[str] | None = None,
-                     name: str = "adata") -> TokenizedCells:
-    """Check, then tokenise an AnnData (in memory or backed) into :class:`TokenizedCells`.
+                     name: str = "adata", min_overlap: float = MIN_GENE_OVERLAP) -> TokenizedCells:
+    """Check (:func:`check_anndata`), then tokenise an AnnData (in memory or backed) into :class:`TokenizedCells`.
 
     ``label_names`` fixes the label coding (e.g. the classes of a trained head); unseen labels become ``-1``.
-    Cells that end up with no in-vocabulary gene raise a :class:`DataCheckError`.
+    Missing values (NaN / None) in ``labels_key`` or ``batch_key`` are coded ``-1`` (no label / batch), never a
+    class of their own. ``min_overlap`` is :func:`check_anndata`'s. Cells that end up with no in-vocabulary gene
+    raise a :class:`DataCheckError`.
     """
     info = check_anndata(adata, vocab, layer=layer, use_raw=use_raw, gene_key=gene_key, labels_key=labels_key,
-                         batch_key=batch_key, input=input, expected_input=expected_input)
+                         batch_key=batch_key, input=input, expected_input=expected_input, min_overlap=min_overlap)
     indptr, genes, bins = tokenize_matrix(_row_chunks(adata, layer, use_raw), info["gene_ids"], n_bins)
     empty = np.flatnonzero(np.diff(indptr) == 0)
     if len(empty):
@@ -359,10 +462,15 @@ def tokenize_anndata(adata, vocab: GeneVocab, *, n_bins: int = 51, layer: str | 
     def codes(key, names):
         if key is None:
             return None, []
-        col = adata.obs[key].astype(str).to_numpy()
-        names = list(names) if names is not None else sorted(set(col))
+        obs = adata.obs[key]
+        # astype(str) would turn a missing value into the string "nan", i.e. a class of its own
+        missing = obs.isna().to_numpy()
+        col = np.array([str(v) for v in obs.astype(object)], dtype=object)
+        names = list(names) if names is not None else sorted(set(col[~missing]))
         lut = {n: i for i, n in enumerate(names)}
-        return np.array([lut.get(c, -1) for c in col], dtype=np.int64), names
+        out = np.array([lut.get(c, -1) for c in col], dtype=np.int64)
+        out[missing] = -1
+        return out, names
 
     labels, lnames = codes(labels_key, label_names)
     batches, bnames = codes(batch_key, None)
@@ -519,7 +627,9 @@ class SingleCellDataModule(L.LightningDataModule):
         val_fraction (float): cells held out for validation (stratified by label when labels exist). Default: ``0.1``.
         batch_size (int): cells per batch. Default: ``32``.
         num_workers (int): DataLoader workers. Default: ``0``.
-        backed (bool): read ``.h5ad`` files in backed mode (row chunks; files larger than memory). Default: `False`.
+        backed (bool): read ``.h5ad`` files in backed mode: ``.X`` stays on disk and is read in row chunks (files
+            larger than memory); anndata still loads layers into memory, so such files need their counts in
+            ``.X``. Default: `False`.
         seed (int): split and masking seed. Default: ``0``.
     """
 
@@ -567,6 +677,9 @@ class SingleCellDataModule(L.LightningDataModule):
     def tokenize(self) -> TokenizedCells:
         """Tokenise every dataset with the vocabulary (read / build it first)."""
         hp = self.hparams
+        # a vocabulary built here is the union of the datasets' genes: each dataset is in it by construction, and
+        # a small panel covering little of a union is no mismatch (the overlap guard is for a model's vocabulary)
+        own_vocab = self.vocab is None and hp.vocab is None
         self.vocab = self.vocab or self._load_vocab()
         parts = []
         for d in self.datasets:
@@ -579,7 +692,8 @@ class SingleCellDataModule(L.LightningDataModule):
             kw = {**kw, **user}
             parts.append(tokenize_anndata(adata, self.vocab, n_bins=hp.n_bins, name=str(d),
                                           expected_input=self.expected_input,
-                                          label_names=self.label_names or None, **kw))
+                                          label_names=self.label_names or None,
+                                          min_overlap=0.0 if own_vocab else MIN_GENE_OVERLAP, **kw))
         cells = parts[0] if len(parts) == 1 else TokenizedCells.concat(parts)
         cells.meta["gene_vocab"] = self.vocab.to_config()
         return cells

@@ -2,6 +2,7 @@
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 from datafiles import need
@@ -186,3 +187,125 @@ def test_sparse_and_dense_tokenise_alike(stim):
     a = tokenize_anndata(stim, vocab, layer="counts")
     b = tokenize_anndata(dense, vocab, layer="counts")
     assert np.array_equal(a.genes, b.genes) and np.array_equal(a.bins, b.bins)
+
+
+@pytest.fixture(scope="module")
+def stim600():
+    """600 real pbmc_stim cells, raw counts in a sparse .X (more than the 500 cells the checks once sampled)."""
+    return ad.read_h5ad(need(PBMC_STIM))[:600].copy()
+
+
+def _same_tokens(a: TokenizedCells, b: TokenizedCells) -> bool:
+    return (np.array_equal(a.indptr, b.indptr) and np.array_equal(a.genes, b.genes)
+            and np.array_equal(a.bins, b.bins))
+
+
+@pytest.mark.parametrize("where", ["layer", "X"])
+def test_backed_view_reads_the_views_cells_in_order(stim, tmp_path, where):
+    from gatedzoo.data.singlecell import _row_chunks
+
+    a = stim.copy()
+    if where == "X":
+        a.X = a.layers["counts"].copy()
+        del a.layers["counts"]
+    layer = "counts" if where == "layer" else None
+    path = tmp_path / "cells.h5ad"
+    a.write_h5ad(path)
+    vocab = GeneVocab(list(stim.var_names))
+    keep = np.r_[45:60, 3:20, 7]  # not a prefix of the file, out of file order, one cell twice
+    backed = ad.read_h5ad(path, backed="r")
+    got = tokenize_anndata(backed[keep], vocab, layer=layer, batch_key="batch")
+    want = tokenize_anndata(a[keep].copy(), vocab, layer=layer, batch_key="batch")
+    assert len(got) == len(keep) and _same_tokens(got, want)
+    assert got.batches.tolist() == want.batches.tolist() == [1] * 15 + [0] * 18
+    # a view of cells and genes, read in small chunks (contiguous and scattered rows): the same matrix as in memory
+    cols = np.r_[100:4000, 5000:9000]
+    chunks = list(_row_chunks(backed[keep, cols], layer, False, chunk=7))
+    ref = a[keep, cols].copy()
+    ref = ref.layers["counts"] if layer else ref.X
+    assert sum(c.shape[0] for c in chunks) == len(keep)
+    assert abs(sp.vstack([sp.csr_matrix(c) for c in chunks]) - sp.csr_matrix(ref)).sum() == 0
+
+
+def test_missing_labels_are_coded_missing_never_a_nan_class(stim):
+    a = stim.copy()
+    lab = a.obs["batch"].astype(object).to_numpy()
+    lab[::3] = np.nan
+    a.obs["cell_type"] = pd.Categorical(lab)
+    a.obs["batch_obj"] = pd.Series(lab, index=a.obs_names, dtype=object)  # NaN in an object column too
+    cells = tokenize_anndata(a, GeneVocab(list(stim.var_names)), layer="counts", labels_key="cell_type",
+                             batch_key="batch_obj")
+    assert cells.label_names == ["ctrl", "stim"] and cells.batch_names == ["ctrl", "stim"]
+    assert (cells.labels[::3] == -1).all() and (np.delete(cells.labels, np.s_[::3]) >= 0).all()
+    assert (cells.batches == cells.labels).all()
+    dm = SingleCellDataModule(dataset=[], val_fraction=0.2)
+    dm.cells = cells
+    dm.setup("fit")
+    assert dm.label_names == ["ctrl", "stim"]
+
+
+def test_gene_overlap_refused_on_mismatch_and_warned_on_a_subset(stim):
+    from gatedzoo.data.singlecell import LowGeneOverlapWarning
+
+    vocab = GeneVocab(list(stim.var_names))
+    top = np.argsort(-np.asarray(stim.layers["counts"].sum(0)).ravel())[:40]  # the 40 most expressed genes only
+    subset = stim[:, top].copy()
+    with pytest.warns(LowGeneOverlapWarning, match=r"only 40 of the model's 9015 vocabulary genes \(0.4%\)"):
+        info = check_anndata(subset, vocab, layer="counts")
+    assert info["gene_overlap"] == pytest.approx(40 / 9015) and info["genes_in_vocab"] == 1.0
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LowGeneOverlapWarning)
+        assert check_anndata(stim, vocab, layer="counts")["gene_overlap"] == 1.0
+    renamed = subset.copy()
+    renamed.var_names = [f"ENSG{i:011d}" for i in range(40)]
+    renamed.var["gene_symbols"] = list(subset.var_names)
+    with pytest.raises(DataCheckError, match=r"only 0 of 40 genes \(0.0%\).*covering 0.0% of it.*"
+                                             r"gene_key=.*\['gene_symbols'\]"):
+        check_anndata(renamed, vocab, layer="counts")
+
+
+def test_value_checks_cover_every_cell(stim600):
+    vocab = GeneVocab(list(stim600.var_names))
+    assert check_anndata(stim600, vocab)["input"] == "counts"
+
+    def with_rows(fn):
+        a = stim600.copy()
+        x = a.X.toarray()
+        fn(x)
+        a.X = x
+        return a
+
+    late = stim600.obs_names[550]
+    bad = with_rows(lambda x: x.__setitem__((550, slice(0, 5)), np.nan))
+    with pytest.raises(DataCheckError, match=rf"NaN or inf values in 1 of 600 cells \(e.g. obs_names \['{late}'\]"):
+        check_anndata(bad, vocab)
+    with pytest.raises(DataCheckError, match="NaN or inf"):
+        check_anndata(with_rows(lambda x: x.__setitem__((599, 7), np.inf)), vocab)
+    with pytest.raises(DataCheckError, match="negative values in 1 of 600 cells"):
+        check_anndata(with_rows(lambda x: x.__setitem__((560, 3), -1.0)), vocab)
+
+    def log_tail(x):  # the last 100 cells log-normalised, the first 500 counts
+        t = x[500:]
+        x[500:] = np.log1p(t / t.sum(1, keepdims=True) * 1e4)
+
+    with pytest.raises(DataCheckError, match="non-integer values.*expects raw counts"):
+        check_anndata(with_rows(log_tail), vocab)
+    with pytest.raises(DataCheckError, match=r"1 of 600 cells .* have no expressed gene"):
+        check_anndata(with_rows(lambda x: x.__setitem__(580, 0)), vocab)
+
+
+def test_duplicated_genes_warn_and_count_once(stim):
+    from gatedzoo.data.singlecell import DuplicateGeneWarning
+
+    vocab = GeneVocab(list(stim.var_names))
+    x = stim.layers["counts"][:, :4000]
+    d = ad.AnnData(sp.hstack([x, x]).tocsr(), obs=stim.obs.copy(),
+                   var=pd.DataFrame(index=list(stim.var_names[:4000]) * 2))
+    with pytest.warns(DuplicateGeneWarning, match=r"4000 gene columns repeat.*var_names_make_unique"):
+        dup = tokenize_anndata(d, vocab)
+    once = tokenize_anndata(ad.AnnData(x, obs=stim.obs.copy(), var=pd.DataFrame(index=stim.var_names[:4000])), vocab)
+    assert _same_tokens(dup, once)
+    assert all(len(set(dup.cell(i)[0])) == len(dup.cell(i)[0]) for i in range(len(dup)))
+
