@@ -120,12 +120,18 @@ def image_transforms(input_size: tuple[int, int, int], mean, std, train: bool, a
     CIFAR / Fashion-MNIST augmentation); or ``"timm"`` (natural images: timm's random-resized crop, flip and
     RandAugment ``rand-m9-mstd0.5-inc1``,
     RMT's ImageNet policy, magnitude capped at 9). Evaluation resizes and centre-crops with
-    ``crop_pct``. Grey models (``C == 1``) convert images to grey, RGB models to RGB.
+    ``crop_pct``. Grey models (``C == 1``) convert images to grey, RGB models to RGB. ``interpolation``
+    (``"bilinear"``, ``"bicubic"``, ``"nearest"``, ...) is the one every resize uses, in training and evaluation.
     """
     from timm.data import create_transform
     from torchvision import transforms as T
 
     c, h, w = input_size
+    try:
+        mode_interp = T.InterpolationMode(interpolation)
+    except ValueError:
+        raise ValueError(f"interpolation={interpolation!r}; use one of "
+                         f"{[m.value for m in T.InterpolationMode]}, e.g. 'bilinear'.") from None
     mode = T.Grayscale(1) if c == 1 else T.Lambda(lambda im: im.convert("RGB"))
     if train and augment == "timm":
         # mmax9: with the magnitude drawn up to timm's default ceiling of 10, increasing posterize keeps 0 bits,
@@ -138,10 +144,11 @@ def image_transforms(input_size: tuple[int, int, int], mean, std, train: bool, a
         raise ValueError(f"augment={augment!r}; use 'none', 'basic' or 'timm'.")
     ops = [mode]
     if train and augment == "basic":
-        ops += [T.Resize((h, w)), T.RandomCrop((h, w), padding=max(h // 8, 1)), T.RandomHorizontalFlip()]
+        ops += [T.Resize((h, w), interpolation=mode_interp), T.RandomCrop((h, w), padding=max(h // 8, 1)),
+                T.RandomHorizontalFlip()]
     else:
         scale = int(round(max(h, w) / crop_pct))
-        ops += [T.Resize(scale if crop_pct < 1 else (h, w)), T.CenterCrop((h, w))]
+        ops += [T.Resize(scale if crop_pct < 1 else (h, w), interpolation=mode_interp), T.CenterCrop((h, w))]
     return T.Compose(ops + [T.ToTensor(), T.Normalize(mean, std)])
 
 
@@ -282,14 +289,40 @@ class CIFAR10DataModule(_ImageDataModule):
         self.test_set = ArrayImageDataset(xte, yte, self.transforms(False))
 
 
-def scan_image_folder(root: str | os.PathLike, verify: bool = True) -> tuple[list[tuple[Path, int]], list[str]]:
-    """``([(path, class_index)], class_names)`` of ``root/<class>/<image>``; classes sorted by name.
+def _decodes(path: Path) -> bool:
+    """Whether PIL can read and decode the whole file ``path``.
 
-    Raises a ``ValueError`` naming the problem and the fix for: a missing folder, fewer than two classes, a class
-    without images, or (``verify``) files PIL cannot read.
+    ``Image.verify()`` checks a PNG's chunk checksums but reads nothing of a JPEG's compressed data, so a truncated
+    JPEG (an interrupted download) passes it and fails only when a training step decodes it: the image is also
+    decoded, a JPEG at 1/8 scale (``draft``), which still reads every entropy-coded byte but skips most of the work.
     """
     from PIL import Image
 
+    try:
+        with Image.open(path) as im:
+            im.verify()
+        with Image.open(path) as im:
+            im.draft(im.mode, (1, 1))
+            im.load()
+    except Exception:  # PIL raises many exception types for broken files
+        return False
+    return True
+
+
+def scan_image_folder(root: str | os.PathLike, verify: bool = True,
+                      skip_unreadable: bool = False) -> tuple[list[tuple[Path, int]], list[str]]:
+    """``([(path, class_index)], class_names)`` of ``root/<class>/<image>``; classes sorted by name.
+
+    Args:
+        root (str | PathLike): the folder.
+        verify (bool): decode every image up front (truncated JPEGs included) so that a broken file is named now,
+            not mid-epoch. Default: `True`.
+        skip_unreadable (bool): leave out, with a warning naming them, the files that are not readable images (other
+            extensions, e.g. a ``README.txt``, and files that do not decode) instead of refusing. Default: `False`.
+
+    Raises a ``ValueError`` naming the problem and the fix for: a missing folder, fewer than two classes, a class
+    without (readable) images, or files that are not readable images (unless ``skip_unreadable``).
+    """
     root = Path(root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist; give a folder laid out as root/<class>/<image>.")
@@ -300,26 +333,26 @@ def scan_image_folder(root: str | os.PathLike, verify: bool = True) -> tuple[lis
     samples, empty, bad = [], [], []
     for idx, c in enumerate(classes):
         files = sorted(p for p in (root / c).rglob("*") if p.is_file() and not p.name.startswith("."))
-        images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
-        bad += [p for p in files if p.suffix.lower() not in IMAGE_EXTENSIONS]
-        if not images:
-            empty.append(c)
-        for p in images:
-            if verify:
-                try:
-                    with Image.open(p) as im:
-                        im.verify()
-                except Exception:  # PIL raises many exception types for broken files
-                    bad.append(p)
-                    continue
+        kept = 0
+        for p in files:
+            if p.suffix.lower() not in IMAGE_EXTENSIONS or (verify and not _decodes(p)):
+                bad.append(p)
+                continue
             samples.append((p, idx))
+            kept += 1
+        if not kept:
+            empty.append(c)
+    if bad:
+        shown = ", ".join(str(p) for p in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        msg = f"image folder {root}: {len(bad)} file(s) are not readable images: {shown}."
+        if not skip_unreadable:
+            raise ValueError(f"{msg} Delete or fix them, or pass skip_unreadable=True to leave them out.")
+        import warnings
+
+        warnings.warn(f"{msg} Skipping them (skip_unreadable=True).", stacklevel=2)
     if empty:
         raise ValueError(f"image folder {root}: class folder(s) {empty} hold no readable images; remove them or add "
                          f"images ({', '.join(IMAGE_EXTENSIONS)}).")
-    if bad:
-        shown = ", ".join(str(p) for p in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-        raise ValueError(f"image folder {root}: {len(bad)} file(s) are not readable images: {shown}. Delete or fix "
-                         "them, or pass skip_unreadable=True to leave them out.")
     return samples, classes
 
 
@@ -341,23 +374,57 @@ class FolderDataset(Dataset):
         return (self.transform(im) if self.transform else im), label
 
 
+def fit_channels(values, channels: int, what: str = "mean") -> tuple[float, ...]:
+    """Per-channel normalisation ``values`` for ``channels`` input channels.
+
+    One value is repeated (grey weights fed RGB copies of grey images: the adapted stem then sees exactly what the grey
+    stem saw); several values for one channel are averaged (RGB statistics for a grey model: approximate). Returns a
+    tuple of ``channels`` floats.
+    """
+    v = tuple(float(x) for x in values)
+    if len(v) == channels:
+        return v
+    if len(v) == 1:
+        return v * channels
+    if channels == 1:
+        return (sum(v) / len(v),)
+    raise ValueError(f"{what} has {len(v)} values for {channels}-channel images; give one value or {channels}.")
+
+
 class ImageFolderDataModule(_ImageDataModule):
     """Your own images: ``root/<class>/<image>`` (split ``val_fraction`` off, seeded) or ``root/train`` + ``root/val``.
+
+    The preprocessing (mean/std, interpolation, crop) should be that of the weights being fine-tuned: name them in
+    ``preprocessing_from`` and every setting left unset is taken from their ``config.json``, so validation, the saved
+    ``preprocessing`` and ``gatedzoo eval`` match what the weights were trained with.
 
     Args:
         root (str): the folder.
         input_size (list[int]): ``[C, H, W]`` for the model (use the pretrained model's). Default: ``[3, 224, 224]``.
-        mean (list[float], Optional): normalisation mean. Default: ImageNet's (RGB) or Fashion-MNIST's (grey).
-        std (list[float], Optional): normalisation std. Default: ImageNet's (RGB) or Fashion-MNIST's (grey).
+        preprocessing_from (str, Optional): weights whose ``preprocessing`` gives the defaults below: ``arch.tag``
+            (e.g. ``gated_swinrmt_swat_tiny.fmnist``), ``hf-hub:``, ``local-dir:`` or a zoo folder. Their mean/std
+            are fitted to ``C`` channels (:func:`fit_channels`: grey weights fine-tuned on RGB get their grey
+            statistics on every channel, which keeps the adapted stem exact). Default: `None`.
+        mean (list[float], Optional): normalisation mean. Default: the weights' (``preprocessing_from``), else
+            ImageNet's (RGB) or Fashion-MNIST's (grey).
+        std (list[float], Optional): normalisation std. Default: as ``mean``.
         val_fraction (float): share of images held out for validation/test when there is no ``val`` folder.
             Default: ``0.2``.
         augment (str): ``"timm"`` (default for natural images), ``"basic"`` or ``"none"``.
-        skip_unreadable (bool): leave unreadable files out (with a warning) instead of refusing. Default: `False`.
+        skip_unreadable (bool): leave files that are not readable images (broken images, other files such as a
+            ``README.txt``) out, with a warning naming them, instead of refusing. Default: `False`.
         batch_size (int): loader batch size. Default: ``64``.
         num_workers (int): loader worker processes. Default: ``2``.
         seed (int): seed of the validation split. Default: ``0``.
-        interpolation (str): resize interpolation. Default: ``"bicubic"``.
-        crop_pct (float): centre-crop share at evaluation. Default: ``0.875``.
+        interpolation (str, Optional): resize interpolation of every transform. Default: the weights'
+            (``preprocessing_from``), else ``"bicubic"`` with ``augment="timm"`` (timm's training resize) and
+            ``"bilinear"`` otherwise.
+        crop_pct (float, Optional): centre-crop share at evaluation, in ``(0, 1]``. Default: the weights'
+            (``preprocessing_from``), else ``0.875`` with ``augment="timm"`` (training crops at random scales) and
+            ``1.0`` otherwise (``"basic"``/``"none"`` train on the full frame, so validation must see it too).
+
+    When attached to a trainer, ``setup`` refuses a model whose classifier has a different number of outputs than the
+    folder has classes, and warns when the model's own weights were normalised differently from this module.
     """
 
     training_data = "image_folder"
@@ -365,29 +432,69 @@ class ImageFolderDataModule(_ImageDataModule):
     def __init__(self, root: str, input_size: list[int] = (3, 224, 224), mean: list[float] | None = None,
                  std: list[float] | None = None, val_fraction: float = 0.2, augment: str = "timm",
                  skip_unreadable: bool = False, batch_size: int = 64, num_workers: int = 2, seed: int = 0,
-                 interpolation: str = "bicubic", crop_pct: float = 0.875):
+                 interpolation: str | None = None, crop_pct: float | None = None,
+                 preprocessing_from: str | None = None):
+        c = input_size[0]
+        pre = {}
+        if preprocessing_from is not None:
+            from gatedzoo.zoo.pretrained import pretrained_config
+
+            pre = pretrained_config(preprocessing_from).get("preprocessing") or {}
+            if not {"mean", "std"} <= set(pre):
+                raise ValueError(f"preprocessing_from={preprocessing_from!r}: its config.json has no image "
+                                 "preprocessing (mean, std); name image weights such as "
+                                 "gated_swinrmt_swat_tiny.fmnist, or give mean/std yourself.")
+        timm_aug = augment == "timm"
+        interpolation = interpolation or pre.get("interpolation") or ("bicubic" if timm_aug else "bilinear")
+        crop_pct = crop_pct if crop_pct is not None else pre.get("crop_pct", 0.875 if timm_aug else 1.0)
+        if not 0 < crop_pct <= 1:
+            raise ValueError(f"crop_pct={crop_pct}; use a share in (0, 1], e.g. 1.0 (full frame) or 0.875.")
         super().__init__(batch_size, num_workers, input_size, augment, interpolation, crop_pct)
-        grey = input_size[0] == 1
-        self.mean = tuple(mean) if mean else (FASHION_MNIST_MEAN if grey else (0.485, 0.456, 0.406))
-        self.std = tuple(std) if std else (FASHION_MNIST_STD if grey else (0.229, 0.224, 0.225))
+        grey = c == 1
+        self.mean = fit_channels(mean or pre.get("mean") or (FASHION_MNIST_MEAN if grey else (0.485, 0.456, 0.406)),
+                                 c, "mean")
+        self.std = fit_channels(std or pre.get("std") or (FASHION_MNIST_STD if grey else (0.229, 0.224, 0.225)),
+                                c, "std")
+        self._explicit_norm = bool(mean or std or pre)
         if not 0 < val_fraction < 1:
             raise ValueError(f"val_fraction={val_fraction}; use a share between 0 and 1, e.g. 0.2.")
         self.root, self.val_fraction, self.skip_unreadable, self.seed = Path(root).expanduser(), val_fraction, \
             skip_unreadable, seed
+        self.preprocessing_from = preprocessing_from
 
     def _scan(self, folder: Path):
-        if not self.skip_unreadable:
-            return scan_image_folder(folder)
+        return scan_image_folder(folder, skip_unreadable=self.skip_unreadable)
+
+    def _check_model(self, classes: list[str]) -> None:
+        """Compare the trainer's model with the folder before any step runs (no-op without a trainer)."""
+        module = getattr(self.trainer, "lightning_module", None) if self.trainer is not None else None
+        model = getattr(module, "model", None)
+        if model is None:
+            return
+        from gatedzoo.zoo.pretrained import classifier_outputs
+
+        outputs = classifier_outputs(model)
+        if outputs is not None and outputs != len(classes):
+            raise ValueError(
+                f"image folder {self.root} has {len(classes)} classes {classes} but the model's classifier has "
+                f"{outputs} outputs; set num_classes to the number of class folders, e.g. --model.init_args.model_args "
+                f"'{{num_classes: {len(classes)}}}'."
+            )
+        pre = getattr(model, "zoo_config", {}).get("preprocessing") or {}
+        if self._explicit_norm or not {"mean", "std"} <= set(pre):
+            return
+        c = self.input_size[0]
         try:
-            return scan_image_folder(folder)
-        except ValueError as err:
-            if "not readable" not in str(err):
-                raise
+            want = fit_channels(pre["mean"], c), fit_channels(pre["std"], c)
+        except ValueError:
+            return
+        if not np.allclose(want, (self.mean, self.std), atol=1e-4):
             import warnings
 
-            warnings.warn(f"{err} Skipping them.", stacklevel=2)
-            samples, classes = scan_image_folder(folder, verify=False)
-            return [s for s in samples if _readable(s[0])], classes
+            warnings.warn(f"the model's weights were trained with mean {list(pre['mean'])}, std {list(pre['std'])} "
+                          f"but {type(self).__name__} normalises with mean {list(self.mean)}, std {list(self.std)} "
+                          "(its default); pass preprocessing_from=<the weights> (or mean/std) so that the pretrained "
+                          "features see the inputs they were trained on.", stacklevel=2)
 
     def setup(self, stage: str | None = None) -> None:
         if (self.root / "train").is_dir() and (self.root / "val").is_dir():
@@ -400,19 +507,8 @@ class ImageFolderDataModule(_ImageDataModule):
             samples, classes = self._scan(self.root)
             tr, va = _split(len(samples), max(1, int(round(len(samples) * self.val_fraction))), self.seed)
             train, val = [samples[i] for i in tr], [samples[i] for i in va]
+        self._check_model(classes)
         self.label_names = classes
         self.training_data = f"image_folder:{self.root}"
         self.train_set = FolderDataset(train, self.transforms(True))
         self.val_set = self.test_set = FolderDataset(val, self.transforms(False))
-
-
-def _readable(path: Path) -> bool:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            im.verify()
-        return True
-    except Exception:  # PIL raises many exception types for broken files
-        return False
-

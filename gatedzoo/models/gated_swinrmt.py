@@ -364,7 +364,15 @@ class GatedSwinRMT(ZooMixin, nn.Module):
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """Replace the classifier with a fresh one of ``num_classes`` outputs (0: identity, pooled features out)."""
+        """Replace the classifier with a fresh one of ``num_classes`` outputs (0: identity, pooled features out).
+
+        The new head is untrained: the weights' class names and scores (``zoo_config["label_names"]``, ``["metrics"]``)
+        no longer describe the model and are removed; name the new classes before ``save_pretrained``.
+        """
+        cfg = getattr(self, "zoo_config", None)
+        if cfg is not None:
+            cfg.pop("label_names", None)
+            cfg.pop("metrics", None)
         self.num_classes = num_classes
         if global_pool is not None:
             self.global_pool = global_pool

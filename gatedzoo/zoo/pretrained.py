@@ -65,6 +65,14 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, *, state_dic
         cfg["init_args"] = model.zoo_init_args
     if "architecture" not in cfg:
         raise ValueError("save_pretrained: the model has no zoo_config['architecture']; build it with create_model().")
+    outputs = classifier_outputs(model)
+    names = cfg.get("label_names")
+    if outputs is not None and names is not None and len(names) != outputs:
+        raise ValueError(
+            f"save_pretrained: the classifier has {outputs} outputs but zoo_config['label_names'] lists {len(names)} "
+            f"names ({list(names)[:5]}...), which would name the classes wrongly; pass label_names=[...] with one name "
+            "per output (e.g. the image folder's class names) or drop the entry from model.zoo_config."
+        )
     own = model.state_dict() if state_dict is None else state_dict
     state = {k: v.detach().contiguous().cpu() for k, v in own.items()}
     with atomic_path(directory / WEIGHTS_NAME) as tmp:
@@ -117,9 +125,21 @@ def resolve_source(name: str, pretrained: bool) -> tuple[str, Path | None]:
         return "", p if p.is_dir() else p.parent
     arch = name.partition(".")[0]
     get_arch(arch)
-    if not pretrained and "." not in name:
-        return arch, None
-    return arch, _fetch_tag(get_pretrained(name)) if pretrained else None
+    if "." in name or pretrained:
+        # ``arch.tag`` names a set of weights, so it loads them whatever ``pretrained`` says, as a folder or a hub repo
+        # does; silently building a random model from a name that says which weights to use would hide the mistake
+        return arch, _fetch_tag(get_pretrained(name))
+    return arch, None
+
+
+def pretrained_config(name: str) -> dict:
+    """The ``config.json`` of a weights source (``arch.tag``, ``arch`` = its default tag, ``hf-hub:``, ``local-dir:``,
+    a folder or its ``model.safetensors``) as a dict, without building the model.
+
+    Used to take the preprocessing (input size, mean/std, interpolation, crop) of the weights a data module feeds.
+    """
+    _, folder = resolve_source(name, pretrained=True)
+    return _read_config(folder)
 
 
 def _read_config(folder: Path) -> dict:
@@ -142,6 +162,18 @@ def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
         return weight.sum(dim=1, keepdim=True)
     reps = -(-in_chans // c)
     return weight.repeat(1, reps, *([1] * (weight.dim() - 2)))[:, :in_chans] * (c / in_chans)
+
+
+def classifier_outputs(model: nn.Module) -> int | None:
+    """Output count of the model's classifier (``get_classifier().out_features``), or `None` when it has none."""
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    return getattr(head, "out_features", None)
+
+
+#: entries of a source config that describe its head (class names) or the source model as a whole (its scores); they
+#: do not hold for a model whose head was re-initialised or whose architecture arguments were changed
+_HEAD_ENTRIES = ("label_names",)
+_SCORE_ENTRIES = ("metrics",)
 
 
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], strict: bool = True) -> list[str]:
@@ -182,10 +214,16 @@ def create_model(name: str, pretrained: bool = False, *, strict: bool = True, **
     Args:
         name (str): ``arch``, ``arch.tag``, ``hf-hub:org/repo[@revision]``, ``local-dir:/path``, or a path to a folder
             (or its ``model.safetensors``) written by :func:`save_pretrained`.
-        pretrained (bool): load weights. Implied for every source but a bare ``arch``. Default: `False`.
+        pretrained (bool): for a bare ``arch``, load its default (first) tag's weights; without it the model is
+            randomly initialised with the architecture's defaults. Every other source names its weights and always
+            loads them, whatever this flag says: ``create_model("arch.tag")`` equals
+            ``create_model("arch.tag", pretrained=True)``. Default: `False`.
         strict (bool): refuse missing or unexpected keys. Default: `True`.
-        **overrides: architecture arguments to change (``num_classes``, ``horizon``, ...). With weights, only the
-            head adapts; the change is logged.
+        **overrides: architecture arguments to change (``num_classes``, ``horizon``, ``in_chans``, ...). With
+            weights, only the head (and an image model's input channels) adapts; the change is logged. The source's
+            ``metrics`` then describe another model and move to ``zoo_config["adapted_from"]["source_metrics"]``; a
+            re-initialised head also drops the source's ``label_names`` (name the new classes before saving, as the
+            training data modules do).
 
     Returns:
         The model (``nn.Module``) with ``model.zoo_config`` filled in.
@@ -208,10 +246,18 @@ def create_model(name: str, pretrained: bool = False, *, strict: bool = True, **
             what = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()) or "nothing"
             log.warning("create_model(%s): adapted %s; re-initialised %s", name, what, skipped or "nothing")
     base = {k: v for k, v in cfg.items() if k not in ("model_args", "format_version", "init_args")}
+    adapted = folder is not None and bool(changed or skipped)
+    if adapted:
+        dropped = _SCORE_ENTRIES + (_HEAD_ENTRIES if skipped else ())
+        source_metrics = base.get("metrics")
+        base = {k: v for k, v in base.items() if k not in dropped}
     model.zoo_config = {**base, **zoo_config(model), "architecture": arch, "model_args": args}
     model.zoo_config.setdefault("task", info.task)
-    if changed:
-        model.zoo_config["adapted_from"] = {"source": name, "changed": {k: list(v) for k, v in changed.items()}}
+    if adapted:
+        model.zoo_config["adapted_from"] = {"source": name, "changed": {k: list(v) for k, v in changed.items()},
+                                            "reinitialised": list(skipped)}
+        if source_metrics is not None:
+            model.zoo_config["adapted_from"]["source_metrics"] = source_metrics
     return model
 
 

@@ -152,3 +152,92 @@ def test_transforms_shapes():
     assert image_transforms((1, 28, 28), (0.5,), (0.5,), True, "timm")(img).shape == (1, 28, 28)
     with pytest.raises(ValueError, match="augment"):
         image_transforms((3, 32, 32), (0.5,) * 3, (0.5,) * 3, False, "heavy")
+
+
+def _resize_modes(tf) -> list[str]:
+    from torchvision import transforms as T
+
+    return [op.interpolation.value for op in tf.transforms if isinstance(op, T.Resize)]
+
+
+def test_the_recorded_interpolation_is_the_one_that_runs(image_folder):
+    """A real 32-px CIFAR image resized to 24 px: bicubic and bilinear differ, and each transform is the resize it
+    names (the interpolation used to be recorded but never passed to the resize)."""
+    from torchvision import transforms as T
+
+    img = Image.open(foolbox_cifar10()[0][0]).convert("RGB")
+    out = {}
+    for mode in ("bilinear", "bicubic"):
+        for train in (False, True):
+            tf = image_transforms((3, 24, 24), (0.0,) * 3, (1.0,) * 3, train, "basic", interpolation=mode)
+            assert _resize_modes(tf) == [mode]
+        out[mode] = image_transforms((3, 24, 24), (0.0,) * 3, (1.0,) * 3, False, "none", interpolation=mode)(img)
+        want = T.ToTensor()(img.resize((24, 24), getattr(Image.Resampling, mode.upper())))
+        assert torch.allclose(out[mode], want, atol=1 / 255 + 1e-6)
+    assert (out["bilinear"] - out["bicubic"]).abs().max() > 0.02
+    with pytest.raises(ValueError, match="interpolation='cubic'"):
+        image_transforms((3, 24, 24), (0.0,) * 3, (1.0,) * 3, False, "none", interpolation="cubic")
+    dm = ImageFolderDataModule(str(image_folder), input_size=[3, 24, 24], augment="timm", num_workers=0)
+    dm.setup("fit")
+    pre = dm.zoo_metadata()["preprocessing"]
+    assert _resize_modes(dm.val_set.transform) == [pre["interpolation"]] == ["bicubic"]
+
+
+def test_basic_augmentation_validates_on_the_full_frame(image_folder):
+    """`augment="basic"` trains on the whole image, so validation must not zoom and crop its borders (the old
+    0.875 default cost the shipped Fashion-MNIST weights 7 points)."""
+    dm = ImageFolderDataModule(str(image_folder), input_size=[1, 28, 28], augment="basic", num_workers=0)
+    assert (dm.crop_pct, dm.interpolation) == (1.0, "bilinear")
+    dm.setup("fit")
+    x = dm.val_set[0][0]
+    img = Image.open(dm.val_set.samples[0][0]).convert("L").resize((28, 28), Image.Resampling.BILINEAR)
+    want = (torch.from_numpy(np.asarray(img, dtype=np.float32) / 255) - 0.286) / 0.353
+    assert torch.allclose(x[0], want, atol=2 / 255 / 0.353)
+    with pytest.raises(ValueError, match="crop_pct=1.5"):
+        ImageFolderDataModule(str(image_folder), crop_pct=1.5)
+
+
+def test_preprocessing_from_the_weights(image_folder):
+    """`preprocessing_from` takes mean/std, interpolation and crop from the weights' config; grey statistics are
+    repeated on RGB channels (not ImageNet's); explicit settings win."""
+    grey = ImageFolderDataModule(str(image_folder), input_size=[1, 28, 28], augment="timm",
+                                 preprocessing_from="gated_swinrmt_swat_tiny.fmnist")
+    assert (grey.mean, grey.std, grey.interpolation, grey.crop_pct) == ((0.286,), (0.353,), "bilinear", 1.0)
+    rgb = ImageFolderDataModule(str(image_folder), input_size=[3, 28, 28], augment="basic",
+                                preprocessing_from="gated_swinrmt_swat_tiny.fmnist")
+    assert rgb.mean == (0.286,) * 3 and rgb.std == (0.353,) * 3
+    own = ImageFolderDataModule(str(image_folder), input_size=[3, 28, 28], mean=[0.5] * 3, crop_pct=0.9,
+                                preprocessing_from="gated_swinrmt_swat_tiny.fmnist")
+    assert own.mean == (0.5,) * 3 and own.std == (0.353,) * 3 and own.crop_pct == 0.9
+    assert ImageFolderDataModule(str(image_folder), input_size=[3, 28, 28]).mean == (0.485, 0.456, 0.406)
+    with pytest.raises(ValueError, match="no image preprocessing"):
+        ImageFolderDataModule(str(image_folder), preprocessing_from="tchnet.nslkdd_binary")
+
+
+def test_truncated_jpeg_and_stray_files(tmp_path):
+    """A JPEG cut short (an interrupted download) is named up front, not mid-epoch; `skip_unreadable=True` leaves it
+    and a stray non-image file out."""
+    root = tmp_path / "jpg"
+    for p, y in foolbox_cifar10()[:12]:
+        d = root / ("a" if y % 2 else "b")
+        d.mkdir(parents=True, exist_ok=True)
+        Image.open(p).convert("RGB").save(d / f"{p.stem}.jpg", quality=95)
+    data = next((root / "a").glob("*.jpg")).read_bytes()
+    # cut halfway through the compressed scan (after the SOS marker): the headers, all Image.open and verify() read,
+    # stay intact, as in a download interrupted mid-file
+    sos = data.index(b"\xff\xda")
+    (root / "a" / "trunc.jpg").write_bytes(data[: sos + (len(data) - sos) // 2])
+    with Image.open(root / "a" / "trunc.jpg") as im:
+        im.verify()  # passes: the check must decode
+    with pytest.raises(ValueError, match=r"1 file\(s\) are not readable images: .*trunc\.jpg"):
+        ImageFolderDataModule(str(root)).setup("fit")
+    (root / "b" / "notes.txt").write_text("labels were checked by hand")
+    dm = ImageFolderDataModule(str(root), input_size=[3, 32, 32], skip_unreadable=True, num_workers=0, batch_size=12,
+                               val_fraction=0.25)
+    with pytest.warns(UserWarning, match=r"2 file\(s\).*trunc\.jpg.*notes\.txt|2 file\(s\).*notes\.txt.*trunc"):
+        dm.setup("fit")
+    assert len(dm.train_set) + len(dm.val_set) == 12
+    x, _ = next(iter(dm.train_dataloader()))  # every kept file decodes
+    assert x.shape == (9, 3, 32, 32)
+    with pytest.raises(ValueError, match="notes.txt"):
+        ImageFolderDataModule(str(root)).setup("fit")

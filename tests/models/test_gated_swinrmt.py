@@ -240,3 +240,49 @@ def test_cuda_graph_training_steps_match_eager(arch, monkeypatch):
             assert err < 1e-3, f"step {i} {name}: relative gradient error {err:.1e}"
         graphed.zero_grad(set_to_none=True)
         eager.zero_grad(set_to_none=True)
+
+
+def test_a_tag_implies_pretrained_as_the_card_says():
+    """`create_model("arch.tag")` loads the tag's weights (no silent random ImageNet model), as does the card's
+    `create_model("arch.tag", in_chans=3)`: an RGB copy of a Fashion-MNIST image scores as the grey one."""
+    _shipped(SHIPPED[0])
+    implied = gatedzoo.create_model(SHIPPED[0]).eval()
+    explicit = gatedzoo.create_model(SHIPPED[0], pretrained=True).eval()
+    assert implied.num_classes == 10 and implied.zoo_config["label_names"][9] == "Ankle boot"
+    x, y = fmnist_batch(64)
+    with torch.no_grad():
+        torch.testing.assert_close(implied(x), explicit(x))
+        assert (implied(x).argmax(-1) == y).float().mean() > 0.85
+        rgb = gatedzoo.create_model(SHIPPED[0], in_chans=3).eval()
+        # the stem weights divided by 3 round differently, so logits agree to ~1e-2 and predictions exactly
+        assert torch.equal(rgb(x.repeat(1, 3, 1, 1)).argmax(-1), explicit(x).argmax(-1))
+    assert gatedzoo.create_model("gated_swinrmt_swat_tiny").num_classes == 1000  # a bare arch stays untrained
+
+
+def test_a_new_head_drops_the_source_label_names_and_metrics(tmp_path):
+    """`num_classes=3` (or `reset_classifier`) re-initialises the head: the 10 Fashion-MNIST names and the shipped
+    scores must not be saved with it; the folder's own class names are."""
+    _shipped(SHIPPED[0])
+    model = gatedzoo.create_model(SHIPPED[0], pretrained=True, num_classes=3)
+    cfg = model.zoo_config
+    assert "label_names" not in cfg and "metrics" not in cfg
+    assert cfg["adapted_from"]["source_metrics"]["eval/top1_test"] == pytest.approx(0.9352)
+    assert cfg["adapted_from"]["reinitialised"] == ["head.bias", "head.weight"]
+    saved = json.loads((model.save_pretrained(tmp_path / "plain") / "config.json").read_text())
+    assert "label_names" not in saved and "metrics" not in saved
+    names = ["Ankle boot", "T-shirt-top", "Trouser"]
+    named = json.loads((model.save_pretrained(tmp_path / "named", label_names=names) / "config.json").read_text())
+    assert named["label_names"] == names
+    with pytest.raises(ValueError, match="3 outputs but zoo_config\\['label_names'\\] lists 10"):
+        model.save_pretrained(tmp_path / "wrong", label_names=list(gatedzoo.create_model(SHIPPED[0]).zoo_config[
+            "label_names"]))
+    # the head of a loaded model replaced afterwards: same rule
+    reset = gatedzoo.create_model(SHIPPED[0], pretrained=True)
+    reset.reset_classifier(4)
+    assert "label_names" not in reset.zoo_config and "metrics" not in reset.zoo_config
+    # an in_chans change keeps the head (and its names) but the scores were measured on the grey model
+    rgb = gatedzoo.create_model(SHIPPED[0], pretrained=True, in_chans=3)
+    assert rgb.zoo_config["label_names"][1] == "Trouser" and "metrics" not in rgb.zoo_config
+    x, y = fmnist_batch(32)
+    with torch.no_grad():
+        assert (rgb.eval()(x.repeat(1, 3, 1, 1)).argmax(-1) == y).float().mean() > 0.85

@@ -280,3 +280,23 @@ def test_adapt_input_conv_keeps_the_response_to_replicated_channels():
     torch.testing.assert_close(conv(x, adapt_input_conv(w, 1)), want)          # RGB weights, grey input
     torch.testing.assert_close(conv(x.repeat(1, 6, 1, 1), adapt_input_conv(w, 6)), want)  # a multiple: exact
     assert adapt_input_conv(w, 5).shape == (8, 5, 3, 3)
+
+
+def test_a_tag_loads_its_weights_without_pretrained(saved, server, cache):
+    """`create_model("arch.tag")` is `create_model("arch.tag", pretrained=True)` (the docstring's "implied")."""
+    model, folder = saved
+    name = tag("implied", f"{server}/toy", folder)
+    loaded = create_model(name)
+    same_outputs(model, loaded)
+    assert loaded.zoo_config["label_names"] == list("abcdefghij")
+
+
+def test_a_reinitialised_head_drops_label_names_and_metrics(saved, tmp_path):
+    """Names and scores of the source describe its head: a new head must not be saved with them."""
+    model, folder = saved
+    model.save_pretrained(tmp_path / "scored", metrics={"acc": 0.9})
+    five = create_model(str(tmp_path / "scored"), num_classes=5)
+    assert "label_names" not in five.zoo_config and "metrics" not in five.zoo_config
+    assert five.zoo_config["adapted_from"]["source_metrics"] == {"acc": 0.9}
+    same = create_model(str(tmp_path / "scored"))
+    assert same.zoo_config["label_names"] == list("abcdefghij") and same.zoo_config["metrics"] == {"acc": 0.9}
