@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import os
@@ -147,6 +148,15 @@ class ZooTask(L.LightningModule):
         dm = getattr(self.trainer, "datamodule", None)
         meta = dm.zoo_metadata() if dm is not None and hasattr(dm, "zoo_metadata") else {}
         zoo_config(self.model).update(meta)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # the model's zoo_config (class names, scaler, vocabulary, preprocessing) travels with a Lightning checkpoint,
+        # so a model restored from it names its classes and preprocesses as the trained one did
+        checkpoint["zoo_config"] = copy.deepcopy(zoo_config(self.model))
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "zoo_config" in checkpoint:
+            zoo_config(self.model).update(copy.deepcopy(checkpoint["zoo_config"]))
 
     def configure_optimizers(self):
         hp = self.hparams

@@ -34,3 +34,19 @@ def test_metrics_of_an_earlier_best_checkpoint_are_its_own(tmp_path):
 def test_metrics_of_a_best_last_epoch_are_all_kept(tmp_path):
     metrics, acc, _ = _fit(tmp_path, "max")
     assert metrics["val/acc"] == pytest.approx(acc, abs=1e-6) and {"val/loss", "train/loss"} <= set(metrics)
+
+
+def test_a_checkpoint_restores_the_models_zoo_config(tmp_path):
+    class Named(DigitsDataModule):
+        def zoo_metadata(self):
+            return {**super().zoo_metadata(), "label_names": [f"digit {i}" for i in range(10)]}
+
+    L.seed_everything(0)
+    task = Classification(arch="toy_attention_classifier", lr=3e-3, weight_decay=0.0)
+    ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt")
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=3, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path, callbacks=[ckpt])
+    trainer.fit(task, datamodule=Named())
+    restored = Classification.load_from_checkpoint(ckpt.best_model_path)
+    assert restored.model.zoo_config["label_names"][3] == "digit 3"
+    assert restored.model.zoo_config["preprocessing"] == {"scale": 1 / 16.0}
