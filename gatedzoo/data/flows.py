@@ -11,9 +11,12 @@ bucket (index 0), ``log1p`` for non-negative heavy-tailed columns, a robust scal
 clip at +-10. Its state is a JSON-able dict that travels in the model's ``zoo_config``.
 
 Windows: a flow's window is the ``window`` flows of the same source that end with it, in true time order when a
-timestamp column exists (left-padded by repeating the first flow), so every flow gets a prediction. NSL-KDD has
-neither timestamps nor source addresses and its files are random samples, so consecutive rows are unrelated; its
-recipes use ``window=1`` (the time context it has lives in its own 2-second / 100-connection traffic features).
+timestamp column exists (parsed as times, :func:`flow_times`; left-padded by repeating the first flow), so every
+flow gets a prediction. With ``window > 1`` :class:`FlowDataModule` builds the windows on the whole training table
+and splits it by blocks of consecutive flows (:func:`block_split`), so training sees the windows inference builds.
+NSL-KDD has neither timestamps nor source addresses and its files are random samples, so consecutive rows are
+unrelated; its recipes use ``window=1`` (the time context it has lives in its own 2-second / 100-connection traffic
+features).
 """
 
 from __future__ import annotations
@@ -193,23 +196,71 @@ class CoverageReport:
 
 
 def read_nslkdd(path: str | Path):
-    """Read an NSL-KDD file (43 columns; 42 without the difficulty column) into a DataFrame.
+    """Read an NSL-KDD file into a DataFrame whose columns are named as in :data:`NSLKDD_COLUMNS`.
 
-    The official files have no header; a CSV whose first line starts with ``duration`` is read with its header.
+    Without a header (the official files) the columns are taken by position: 43 (41 features, ``label``,
+    ``difficulty``), 42 (without ``difficulty``) or 41 (unlabelled flows, to score). With a header (a first line that
+    names at least three NSL-KDD columns; quoted names and a UTF-8 byte-order mark are accepted), the columns are taken
+    **by name**, in any order: the 41 features are required, ``label`` and ``difficulty`` are optional, and the result
+    lists the columns in :data:`NSLKDD_COLUMNS` order. A header with ``difficulty`` but no ``label`` gives an
+    unlabelled table (``difficulty`` is never read as a label).
+
+    Returns:
+        pandas.DataFrame: one row per flow, 41-43 columns, index ``0..N-1``.
 
     Raises:
-        ValueError: the file does not have 42 or 43 comma-separated columns.
+        ValueError: an empty file, a header without flows, header names that are not NSL-KDD columns (or repeat, or
+            lack features), or a headerless file without 41-43 columns.
     """
+    import csv
+
     import pandas as pd
 
-    with open(path) as f:
-        header = 0 if f.readline().split(",")[0].strip().lower() == "duration" else None
-    df = pd.read_csv(path, header=header)
-    if df.shape[1] not in (42, 43):
-        raise ValueError(f"{path}: {df.shape[1]} columns; an NSL-KDD file has 43 (41 features, label, difficulty) "
-                         "or 42 (without difficulty), comma-separated, no header.")
-    df.columns = list(NSLKDD_COLUMNS[: df.shape[1]])
-    return df
+    path = Path(path)
+    with open(path, encoding="utf-8-sig") as f:
+        first = f.readline()
+    if not first.strip():
+        raise ValueError(f"{path}: the file is empty or starts with a blank line; an NSL-KDD file holds one flow per "
+                         "line: 41 features, then optionally label and difficulty, comma-separated.")
+    tokens = [t.strip().lower() for t in next(csv.reader([first]))]
+    known = set(NSLKDD_COLUMNS)
+    # a flow line can name at most one column (the attack 'land'); a header names (nearly) all of them
+    if sum(t in known for t in tokens) < 3:
+        df = pd.read_csv(path, header=None, encoding="utf-8-sig")
+        n = df.shape[1]
+        if n not in (41, 42, 43):
+            raise ValueError(f"{path}: {n} columns and no header; an NSL-KDD file has 43 (41 features, label, "
+                             "difficulty), 42 (without difficulty) or 41 (features only, unlabelled), comma-separated. "
+                             "If its columns are in another order, add a header line with the NSL-KDD names "
+                             "(gatedzoo.data.flows.NSLKDD_COLUMNS).")
+        df.columns = list(NSLKDD_COLUMNS[:n])
+        if n >= 42 and pd.api.types.is_numeric_dtype(df["label"]):
+            raise ValueError(f"{path}: column 42 (label) holds numbers, not attack names ('normal', 'neptune', ...): "
+                             "the file looks like features + difficulty without the label. Add the label column, or "
+                             "drop the last column to score the flows unlabelled.")
+        return df
+    df = pd.read_csv(path, header=0, encoding="utf-8-sig")
+    names = [str(c).strip().lower() for c in df.columns]
+    unknown = [str(c) for c, k in zip(df.columns, names) if k not in known]
+    if unknown:
+        hint = (" An unnamed column is usually a saved pandas index: write the file with index=False or drop it."
+                if any(c.startswith("Unnamed:") for c in unknown) else "")
+        raise ValueError(f"{path}: header columns that are not NSL-KDD columns: {unknown[:8]}. Rename them to the "
+                         f"NSL-KDD names (gatedzoo.data.flows.NSLKDD_COLUMNS) or drop them.{hint}")
+    repeated = sorted({k for k in names if names.count(k) > 1})
+    if repeated:
+        raise ValueError(f"{path}: header names {repeated} more than once; keep one column of each name.")
+    missing = [c for c in NSLKDD_COLUMNS[:41] if c not in names]
+    if missing:
+        raise ValueError(f"{path}: the header lacks NSL-KDD feature columns {missing[:8]}"
+                         f"{' ...' if len(missing) > 8 else ''} ({len(missing)} of 41); add them, with those names.")
+    if df.empty:
+        raise ValueError(f"{path}: a header but no flows.")
+    df.columns = names
+    if "label" not in names:
+        log.warning("%s has no label column%s: its flows can be scored, not evaluated.", path,
+                    " (difficulty is not a label)" if "difficulty" in names else "")
+    return df[[c for c in NSLKDD_COLUMNS if c in names]]
 
 
 def read_flow_table(path: str | Path, fmt: str = "auto"):
@@ -228,33 +279,94 @@ def read_flow_table(path: str | Path, fmt: str = "auto"):
     if fmt == "auto":
         cols = {_norm(c) for c in df.columns}
         if "protocol_type" in cols and "src_bytes" in cols:
-            fmt = "nslkdd"
-        elif {"spkts", "dpkts"} <= cols:
-            fmt = "argus"
-        else:
-            fmt = "cicflowmeter"
+            # by name, through the NSL-KDD reader's checks
+            return read_nslkdd(path), "nslkdd"
+        fmt = "argus" if {"spkts", "dpkts"} <= cols else "cicflowmeter"
     return df, fmt
 
 
-def to_canonical(df, fmt: str):
+def _non_numeric(values) -> np.ndarray:
+    """``[N]`` bool: cells that hold something (not empty / NaN) that does not parse as a number."""
+    import pandas as pd
+
+    if pd.api.types.is_numeric_dtype(values):
+        return np.zeros(len(values), bool)
+    return (pd.to_numeric(values, errors="coerce").isna() & values.notna()).to_numpy()
+
+
+def to_canonical(df, fmt: str, only: set[str] | None = None):
     """Rename a raw table's columns onto the vocabulary.
 
-    Returns ``(numeric DataFrame of canonical + extra columns, categorical DataFrame, CoverageReport)``; canonical
-    features the source lacks are zero-filled (after trying :data:`DERIVED`).
+    Column names are matched after stripping spaces (CICFlowMeter writes ``" Flow Duration"``, ``" Protocol"``), so
+    a DataFrame straight from ``pd.read_csv`` reads like one from :func:`read_flow_table`. Every feature column must
+    hold numbers: a non-numeric cell (``?``, ``-``, text) is refused with the column, the rows and the value, never
+    turned into a missing value or a dropped column. Empty cells stay NaN (refused later by the NaN check).
+    Unnamed columns (a saved pandas index, ``Unnamed: 0``) are row numbers, never features, and are skipped. A
+    CICFlowMeter / Argus column in which no cell is a number is text (not a feature) and is skipped, with a warning.
+
+    Args:
+        df (pandas.DataFrame): the raw table, ``fmt``'s column names.
+        fmt (str): ``"nslkdd"``, ``"cicflowmeter"`` or ``"argus"``.
+        only (set[str], Optional): read (and check) only these extra columns (``"<fmt>:<name>"``): the features a
+            fitted preprocessor uses, so an unused column cannot block scoring. Default: `None` (every column).
+
+    Returns:
+        ``(numeric DataFrame [N, 46 + extras] float64 of canonical + extra columns, categorical DataFrame [N, K] of
+        str, CoverageReport)``; canonical features the source lacks are zero-filled (after trying :data:`DERIVED`).
+
+    Raises:
+        ValueError: non-numeric cells in feature columns (each column with its count, first rows and a value).
     """
     import pandas as pd
 
     mapping = {"nslkdd": NSLKDD_MAP, "cicflowmeter": CICFLOWMETER_MAP, "argus": ARGUS_MAP}[fmt]
     lookup = {_norm(k): v for k, v in mapping.items()}
     cats = {"nslkdd": NSLKDD_CATEGORICAL, "argus": ("proto", "state", "flgs"), "cicflowmeter": ("Protocol",)}[fmt]
+    cat_names = {_norm(c): c for c in cats}
     skip = {_norm(c) for c in (*cats, *LABEL_COLUMNS, "difficulty", *TIME_COLUMNS, *SOURCE_COLUMNS, *ID_COLUMNS)}
-    out, extras = {}, {}
+    out, extras, bad, text, index_cols = {}, {}, [], [], []
     for col in df.columns:
-        key = _norm(col)
-        if key in lookup and lookup[key] not in out:
-            out[lookup[key]] = pd.to_numeric(df[col], errors="coerce").to_numpy(np.float64)
-        elif key not in skip and key not in lookup and pd.api.types.is_numeric_dtype(df[col]):
-            extras[f"{fmt}:{col}"] = df[col].to_numpy(np.float64)
+        key, name = _norm(col), str(col).strip()
+        if key in lookup:
+            if lookup[key] in out:
+                continue
+            target = lookup[key]
+        elif key in skip:
+            continue
+        elif not name or name.startswith("Unnamed:"):
+            index_cols.append(name)
+            continue
+        elif only is not None and f"{fmt}:{name}" not in only:
+            continue
+        else:
+            target = f"{fmt}:{name}"
+        values = df[col]
+        odd = _non_numeric(values)
+        if odd.any():
+            # a CICFlowMeter / Argus column with no number at all is a text column, not a feature with bad cells;
+            # every NSL-KDD column outside the categories and labels is numeric by definition
+            if fmt != "nslkdd" and target.startswith(f"{fmt}:") and odd.sum() == values.notna().sum():
+                text.append(name)
+                continue
+            rows = np.flatnonzero(odd)
+            bad.append(f"{name!r}: {len(rows)} non-numeric value(s) such as {values.iloc[rows[0]]!r}, rows "
+                       f"{rows[:5].tolist()}{' ...' if len(rows) > 5 else ''}")
+            continue
+        num = pd.to_numeric(values, errors="coerce").to_numpy(np.float64)
+        if target.startswith(f"{fmt}:"):
+            extras[target] = num
+        else:
+            out[target] = num
+    if bad:
+        raise ValueError(
+            f"non-numeric cells in feature columns (rows counted from 0, header excluded): {'; '.join(bad[:6])}. "
+            "These columns must hold numbers: replace those cells with numbers or drop those rows, e.g. "
+            "df = df[pd.to_numeric(df[COLUMN], errors='coerce').notna()]."
+        )
+    if text:
+        log.warning("%s table: text columns %s hold no numbers and are not used as features.", fmt, text[:8])
+    if index_cols:
+        log.warning("%s table: unnamed columns %s (a saved row index) are not used as features.", fmt, index_cols)
     for name, factor in UNIT_SCALE.get(fmt, {}).items():
         if name in out:
             out[name] = out[name] * factor
@@ -266,8 +378,10 @@ def to_canonical(df, fmt: str):
     report = CoverageReport(fmt, present, [f for f in CANONICAL_FEATURES if f not in out], sorted(extras))
     n = len(df)
     num = pd.DataFrame({f: out.get(f, np.zeros(n)) for f in CANONICAL_FEATURES} | extras, index=df.index)
-    cat_cols = [c for c in df.columns if c in cats]
-    return num, df[cat_cols].astype(str), report
+    cat_cols = [c for c in df.columns if _norm(c) in cat_names]
+    cat = df[cat_cols].astype(str)
+    cat.columns = [cat_names[_norm(c)] for c in cat_cols]
+    return num, cat, report
 
 
 def attack_names(df) -> np.ndarray:
@@ -291,7 +405,7 @@ def labels_of(df, fmt: str, task: str) -> np.ndarray:
     col = next((c for c in ("label", "Label", "attack") if c in df.columns), None)
     if col is None:
         raise ValueError(f"the {fmt} table has no label column (one of 'label', 'Label', 'attack'); "
-                         "add it, or use predict for unlabelled flows.")
+                         "add it, or score unlabelled flows with gatedzoo.tasks.flows.predict_table.")
     raw = df[col].astype(str).str.strip()
     benign = raw.str.lower().isin(("normal", "benign", "0"))
     if task == "binary":
@@ -333,8 +447,8 @@ class FlowPreprocessor:
     def fitted(self) -> bool:
         return bool(self.features)
 
-    def _numeric(self, df):
-        num, cat, report = to_canonical(df, self.fmt)
+    def _numeric(self, df, only: set[str] | None = None):
+        num, cat, report = to_canonical(df, self.fmt, only)
         self._check_values(num)
         return num, cat, report
 
@@ -344,8 +458,10 @@ class FlowPreprocessor:
         bad = ~np.isfinite(values)
         if bad.any():
             cols = [c for c, b in zip(num.columns, bad.any(0)) if b]
-            raise ValueError(f"{int(bad.any(1).sum())} flows have NaN or infinite values in {cols[:6]}; drop or "
-                             "impute those rows first (CICFlowMeter writes 'Infinity' for rates of zero-length flows).")
+            rows = np.flatnonzero(bad.any(1))
+            raise ValueError(f"{len(rows)} flows have NaN or infinite values in {cols[:6]} (rows from 0: "
+                             f"{rows[:5].tolist()}{' ...' if len(rows) > 5 else ''}); drop or impute those rows first "
+                             "(CICFlowMeter writes 'Infinity' for rates of zero-length flows).")
         neg = [c for c in num.columns if c.split(":")[-1] in COUNT_LIKE and (num[c].to_numpy() < 0).any()]
         if neg:
             raise ValueError(f"negative values in count/size columns {neg[:6]}; counts and byte sizes cannot be "
@@ -385,7 +501,8 @@ class FlowPreprocessor:
         """
         if not self.fitted:
             raise RuntimeError("FlowPreprocessor.transform before fit; call fit(train_df) or load a state.")
-        num, cat, report = self._numeric(df)
+        # only the features the model reads are converted and checked: an unused column cannot block scoring
+        num, cat, report = self._numeric(df, set(self.features))
         have = set(num.columns)
         lacking = [f for f in self.observed if f not in have or (f in report.missing)]
         cover = 1 - len(lacking) / max(len(self.observed), 1)
@@ -471,21 +588,141 @@ class FlowWindows(Dataset):
         return item if self.y is None else (*item, self.y[i])
 
 
-def table_windows(df, fmt: str, window: int):
-    """Window indices for a raw table: per source address, in timestamp order when those columns exist."""
+#: a window > 1 splits train / validation by blocks of this many windows' worth of consecutive flows of one source
+SPLIT_BLOCK_WINDOWS = 8
+_DATE = r"^\s*(\d{1,2})[/.\-](\d{1,2})[/.\-]\d{2,4}\b"
+
+
+def _find_column(df, names: tuple[str, ...]):
+    """The first column of ``df`` whose name matches one of ``names`` (spaces and case ignored), or `None`."""
+    have = {_norm(c): c for c in df.columns}
+    return next((have[_norm(n)] for n in names if _norm(n) in have), None)
+
+
+def flow_times(values, time_format: str | None = None, column: str = "Timestamp") -> np.ndarray:
+    """Order key ``[N]`` (int64 or float64; larger = later) of a time-stamp column, parsed as times, never as text.
+
+    Numbers (epoch seconds) and datetime columns are used as they are. Text of any dtype (object, ``string``,
+    pandas 3's ``str``, pyarrow) is parsed with ``time_format`` when given, else with the format pandas infers.
+    Stamps like ``04/07/2017 10:00:00`` are read day-first when some first field exceeds 12 (``14/02/2018``, as
+    CSE-CIC-IDS2018 writes them), month-first when some second field does; when neither does and the two readings
+    would order the flows differently, the column is refused rather than guessed.
+
+    Args:
+        values (pandas.Series): the column, ``[N]``.
+        time_format (str, Optional): a ``strftime`` pattern (``"%d/%m/%Y %H:%M:%S"``). Default: `None` (inferred).
+        column (str): the column's name, for messages. Default: ``"Timestamp"``.
+
+    Raises:
+        ValueError: stamps that do not parse (count, first row and value), day-first and month-first stamps mixed,
+            or ambiguous day/month order; each with the ``time_format`` to pass.
+    """
     import pandas as pd
 
-    groups = order = None
-    src = next((c for c in SOURCE_COLUMNS if c in df.columns), None)
-    ts = next((c for c in TIME_COLUMNS if c in df.columns), None)
-    if src is not None:
-        groups = pd.factorize(df[src])[0]
-    if ts is not None:
-        t = pd.to_datetime(df[ts], errors="coerce") if df[ts].dtype == object else df[ts]
-        order = pd.Series(t).rank(method="first").to_numpy()
-    if window > 1 and ts is None:
+    fix = ("pass time_format (a strftime pattern such as '%d/%m/%Y %H:%M:%S' or '%m/%d/%Y %I:%M:%S %p') to "
+           "FlowDataModule or predict_table")
+    if time_format is None and (pd.api.types.is_numeric_dtype(values) or pd.api.types.is_datetime64_any_dtype(values)):
+        t = values
+    else:
+        text = values.astype(object).where(values.notna(), None)
+        text = pd.Series([None if v is None else str(v).strip() for v in text], index=values.index, dtype=object)
+        if time_format is not None:
+            t = pd.to_datetime(text, format=time_format, errors="coerce")
+        else:
+            parts = text.str.extract(_DATE).dropna().astype(int)
+            if parts.empty:
+                t = pd.to_datetime(text, errors="coerce")
+            else:
+                day_first, month_first = bool((parts[0] > 12).any()), bool((parts[1] > 12).any())
+                if day_first and month_first:
+                    raise ValueError(f"column {column!r} mixes day-first and month-first dates (a first field above 12 "
+                                     f"and a second field above 12); {fix}, or fix the column.")
+                t = pd.to_datetime(text, errors="coerce", dayfirst=day_first)
+                if not (day_first or month_first):
+                    other = pd.to_datetime(text, errors="coerce", dayfirst=True)
+                    if not (t.isna().any() or other.isna().any()) and not np.array_equal(
+                            np.argsort(t.to_numpy(), kind="stable"), np.argsort(other.to_numpy(), kind="stable")):
+                        raise ValueError(
+                            f"column {column!r}: dates such as {text.iloc[parts.index[0]]!r} read day-first and "
+                            f"month-first give different time orders, and no day or month above 12 tells which one "
+                            f"is meant; {fix}.")
+    bad = np.flatnonzero(pd.isna(t).to_numpy())
+    if len(bad):
+        raise ValueError(f"column {column!r}: {len(bad)} of {len(values)} time stamps are empty or do not parse as "
+                         f"times (first: row {bad[0]} from 0, {values.iloc[bad[0]]!r}); {fix}, or drop those rows.")
+    if pd.api.types.is_numeric_dtype(t):
+        return t.to_numpy(np.float64)
+    return t.astype("int64").to_numpy()
+
+
+def flow_order(df, time_format: str | None = None) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """``(groups [N] int64 or None, order [N] or None)``: each flow's source (factorised ``Source IP`` / ``Src IP`` /
+    ``saddr`` / ``src_ip``) and its time key (:func:`flow_times` of ``Timestamp`` / ``stime`` / ``timestamp``).
+    Column names are matched with spaces and case ignored (CICFlowMeter writes ``" Source IP"``)."""
+    import pandas as pd
+
+    src, ts = _find_column(df, SOURCE_COLUMNS), _find_column(df, TIME_COLUMNS)
+    groups = None if src is None else pd.factorize(df[src])[0]
+    order = None if ts is None else flow_times(df[ts], time_format, str(ts).strip())
+    return groups, order
+
+
+def table_windows(df, fmt: str, window: int, time_format: str | None = None) -> np.ndarray:
+    """Window indices ``[N, window]`` for a raw table: per source address, in time order when those columns exist.
+
+    Time stamps are parsed as times (see :func:`flow_times`; ``time_format`` forces a pattern). With ``window=1``
+    the order does not matter and the columns are not read.
+    """
+    if window == 1:
+        return window_index(len(df), 1)
+    groups, order = flow_order(df, time_format)
+    if order is None:
         log.warning("%s table has no timestamp column: windows follow file order, which is not time order.", fmt)
     return window_index(len(df), window, groups, order)
+
+
+def block_split(y: np.ndarray, val_fraction: float, block: int, seed: int = 0, groups: np.ndarray | None = None,
+                order: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Train / validation rows from whole blocks of ``block`` consecutive flows of one source, in time order.
+
+    Each source's flows (``groups``, in ``order``; file order without it) are cut into blocks of ``block`` flows;
+    about ``val_fraction`` of the blocks go to validation, stratified by each block's majority class. Windows built
+    on the whole table then hold consecutive flows, and only flows at block edges have neighbours in the other split.
+
+    Returns:
+        ``(train rows, validation rows)``: sorted int64 arrays that partition ``0..N-1``.
+
+    Raises:
+        ValueError: fewer than two blocks.
+    """
+    from sklearn.model_selection import train_test_split
+
+    n = len(y)
+    groups = np.zeros(n, np.int64) if groups is None else np.asarray(groups)
+    key = np.arange(n) if order is None else np.asarray(order)
+    perm = np.lexsort((key, groups))
+    g = groups[perm]
+    start = np.r_[0, np.flatnonzero(g[1:] != g[:-1]) + 1]
+    pos = np.arange(n) - np.repeat(start, np.diff(np.r_[start, n]))
+    bid = np.empty(n, np.int64)
+    bid[perm] = np.cumsum(pos % block == 0) - 1
+    nb = int(bid.max()) + 1 if n else 0
+    if nb < 2:
+        raise ValueError(f"{n} flows make {nb} block(s) of {block} consecutive flows; a window split needs at least "
+                         "two: give more flows or a smaller window.")
+    votes = np.zeros((nb, int(y.max()) + 1), np.int64)
+    np.add.at(votes, (bid, y), 1)
+    strat = votes.argmax(1)
+    sizes = np.bincount(strat)
+    # strata of a single block cannot be stratified: they join the largest stratum
+    strat = np.where(sizes[strat] >= 2, strat, int(sizes.argmax()))
+    blocks = np.arange(nb)
+    try:
+        _, va_blocks = train_test_split(blocks, test_size=val_fraction, random_state=seed, stratify=strat)
+    except ValueError:  # fewer validation blocks than strata: a plain random draw of blocks
+        _, va_blocks = train_test_split(blocks, test_size=val_fraction, random_state=seed)
+    in_val = np.isin(bid, va_blocks)
+    return np.flatnonzero(~in_val), np.flatnonzero(in_val)
 
 
 class FlowDataModule(L.LightningDataModule):
@@ -498,22 +735,30 @@ class FlowDataModule(L.LightningDataModule):
         format (str): ``"nslkdd"``, ``"cicflowmeter"``, ``"argus"`` or ``"auto"``. Default: ``"nslkdd"``.
         task (str): ``"binary"`` (normal vs attack) or ``"5class"`` (normal, DoS, Probe, R2L, U2R). Default:
             ``"binary"``.
-        val_fraction (float): stratified share of the training table held out for validation. Default: ``0.2``.
+        val_fraction (float): stratified share of the training table held out for validation. With ``window=1`` a
+            random stratified draw of flows; with ``window > 1`` whole blocks of ``SPLIT_BLOCK_WINDOWS * window``
+            consecutive flows of one source (:func:`block_split`), the windows built on the whole table (so they are
+            the ones inference builds) and training windows that reach into a validation flow dropped. Default:
+            ``0.2``.
         window (int): flows per window (1 for NSL-KDD: no time order). Default: ``1``.
+        time_format (str, Optional): ``strftime`` pattern of the time-stamp column (``"%d/%m/%Y %H:%M:%S"``),
+            for stamps whose format pandas cannot infer or whose day/month order is ambiguous; stored with the
+            model. Default: `None` (inferred, see :func:`flow_times`).
         batch_size (int): Default: ``512``.
         seed (int): split seed. Default: ``0``.
         preprocessor_from (str, Optional): a zoo folder (``config.json``) or ``arch.tag`` whose preprocessing to reuse
             (fine-tuning keeps the category encodings of the pretrained model); the scaler is refitted on the new
             training rows. Default: `None`.
         num_workers (int): Default: ``0``.
-        max_train_rows (int, Optional): keep a random subset of this many training-table rows (quick runs and
-            tests) before the split. Default: `None` (all).
+        max_train_rows (int, Optional): keep this many training-table rows (quick runs and tests) before the split:
+            a random subset with ``window=1``, the earliest flows in time order (file order without time stamps)
+            with ``window > 1``, so that windows stay consecutive. Default: `None` (all).
     """
 
     def __init__(self, train_path: str | None = None, test_path: str | None = None, format: str = "nslkdd",
                  task: str = "binary", val_fraction: float = 0.2, window: int = 1, batch_size: int = 512,
                  seed: int = 0, preprocessor_from: str | None = None, num_workers: int = 0,
-                 max_train_rows: int | None = None):
+                 max_train_rows: int | None = None, time_format: str | None = None):
         super().__init__()
         if task not in ("binary", "5class"):
             raise ValueError(f"task={task!r}; use 'binary' or '5class'.")
@@ -522,6 +767,7 @@ class FlowDataModule(L.LightningDataModule):
         self.train_path, self.test_path, self.format, self.task = train_path, test_path, format, task
         self.val_fraction, self.window, self.batch_size, self.seed = val_fraction, window, batch_size, seed
         self.preprocessor_from, self.num_workers, self.max_train_rows = preprocessor_from, num_workers, max_train_rows
+        self.time_format = time_format
         self.pre: FlowPreprocessor | None = None
         self.class_counts: list[int] = []
         self.report: CoverageReport | None = None
@@ -561,19 +807,43 @@ class FlowDataModule(L.LightningDataModule):
 
         path, self.train_name = self._train_file()
         df, fmt = read_flow_table(path, self.format)
+        # both tables are read (and their time stamps parsed) before any fitting, so bad input stops the run first
+        test = Path(self.test_path) if self.test_path else (fetch(NSLKDD_FILES["test"]) if fmt == "nslkdd" else None)
+        tdf = None if test is None else read_flow_table(test, fmt)[0]
+        ty = None if tdf is None else labels_of(tdf, fmt, self.task)
+        windowed = self.window > 1
+        order = flow_order(df, self.time_format) if windowed else (None, None)
         if self.max_train_rows and len(df) > self.max_train_rows:
-            keep = np.random.default_rng(self.seed).choice(len(df), self.max_train_rows, replace=False)
-            df = df.iloc[np.sort(keep)].reset_index(drop=True)
+            if windowed:  # the earliest flows: a random subset would leave holes in every window
+                key = np.arange(len(df)) if order[1] is None else order[1]
+                keep = np.argsort(key, kind="stable")[: self.max_train_rows]
+            else:
+                keep = np.random.default_rng(self.seed).choice(len(df), self.max_train_rows, replace=False)
+            keep = np.sort(keep)
+            df = df.iloc[keep].reset_index(drop=True)
+            order = tuple(None if a is None else a[keep] for a in order)
         y = labels_of(df, fmt, self.task)
         counts = np.bincount(y, minlength=self.num_classes)
         if (counts > 0).sum() < 2:
             raise ValueError(f"{path} holds only one class ({self.label_names[int(y[0])]}); training needs flows of "
                              "at least two classes.")
-        # classes with a single row cannot be stratified: they join the largest class's stratum
-        strat = np.where(counts[y] >= 2, y, int(counts.argmax()))
-        tr, va = train_test_split(np.arange(len(df)), test_size=self.val_fraction, random_state=self.seed,
-                                  stratify=strat)
-        tr, va = np.sort(tr), np.sort(va)
+        test_windows = None if tdf is None else table_windows(tdf, fmt, self.window, self.time_format)
+        if windowed:
+            windows = table_windows(df, fmt, self.window, self.time_format)
+            tr, va = block_split(y, self.val_fraction, SPLIT_BLOCK_WINDOWS * self.window, self.seed, *order)
+            in_val = np.zeros(len(df), bool)
+            in_val[va] = True
+            # a training window that reaches back into a validation flow would train on that flow's features
+            tr = tr[~in_val[windows[tr]].any(1)]
+            if len(np.unique(y[tr])) < 2:
+                raise ValueError(f"{path}: the training blocks of the window split hold one class only; give more "
+                                 "flows of each class, a smaller window or another seed.")
+        else:
+            # classes with a single row cannot be stratified: they join the largest class's stratum
+            strat = np.where(counts[y] >= 2, y, int(counts.argmax()))
+            tr, va = train_test_split(np.arange(len(df)), test_size=self.val_fraction, random_state=self.seed,
+                                      stratify=strat)
+            tr, va = np.sort(tr), np.sort(va)
         pre = self._base_preprocessor(fmt)
         vocab = dict(pre.categorical)
         self.report = pre.fit(df.iloc[tr])
@@ -582,19 +852,24 @@ class FlowDataModule(L.LightningDataModule):
             pre.categorical = vocab
         self.pre, self.fmt = pre, fmt
         self.class_counts = np.bincount(y[tr], minlength=self.num_classes).tolist()
-        self.datasets = {"train": self._windows(df.iloc[tr], y[tr]), "val": self._windows(df.iloc[va], y[va])}
+        if windowed:
+            # one transform of the whole table; each split's windows index into it, as they would at inference
+            x, c, _ = pre.transform(df)
+            self.datasets = {"train": FlowWindows(x, c, y[tr], windows[tr]),
+                             "val": FlowWindows(x, c, y[va], windows[va])}
+        else:
+            self.datasets = {"train": self._windows(df.iloc[tr], y[tr]), "val": self._windows(df.iloc[va], y[va])}
         # the attack type of every flow of each split (same order as the datasets): leave-attack-types-out studies
         names = attack_names(df)
         self.row_labels = {"train": names[tr], "val": names[va]}
-        test = Path(self.test_path) if self.test_path else (fetch(NSLKDD_FILES["test"]) if fmt == "nslkdd" else None)
-        if test is not None:
-            tdf, _ = read_flow_table(test, fmt)
-            self.datasets["test"] = self._windows(tdf, labels_of(tdf, fmt, self.task))
+        if tdf is not None:
+            x, c, _ = pre.transform(tdf)
+            self.datasets["test"] = FlowWindows(x, c, ty, test_windows)
             self.row_labels["test"] = attack_names(tdf)
 
     def _windows(self, df, y) -> FlowWindows:
         x, c, _ = self.pre.transform(df)
-        return FlowWindows(x, c, y, table_windows(df, self.fmt, self.window))
+        return FlowWindows(x, c, y, table_windows(df, self.fmt, self.window, self.time_format))
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if split not in self.datasets:
@@ -624,7 +899,7 @@ class FlowDataModule(L.LightningDataModule):
     def zoo_metadata(self) -> dict:
         return {"preprocessing": self.pre.state(), "window": self.window, "label_names": self.label_names,
                 "flow_task": self.task, "training_data": self.train_name, "class_counts": self.class_counts,
-                "coverage": str(self.report)}
+                "coverage": str(self.report), "time_format": self.time_format}
 
 
 def load_preprocessing(source: str) -> dict:
@@ -648,6 +923,6 @@ def load_preprocessing(source: str) -> dict:
 __all__ = [
     "ARGUS_MAP", "ATTACK_CATEGORY", "CANONICAL_FEATURES", "CATEGORIES_5", "CICFLOWMETER_MAP", "NSLKDD_COLUMNS",
     "NSLKDD_FILES", "NSLKDD_MAP", "CoverageReport", "FlowDataModule", "FlowPreprocessor", "FlowWindows",
-    "attack_names", "data_dir", "labels_of", "load_preprocessing", "read_flow_table", "read_nslkdd", "table_windows",
-    "to_canonical", "window_index",
+    "SPLIT_BLOCK_WINDOWS", "attack_names", "block_split", "data_dir", "flow_order", "flow_times", "labels_of",
+    "load_preprocessing", "read_flow_table", "read_nslkdd", "table_windows", "to_canonical", "window_index",
 ]

@@ -207,8 +207,18 @@ class FlowClassification(ZooTask):
 
 
 @torch.no_grad()
-def predict_table(model, df, fmt: str | None = None, batch_size: int = 2048) -> np.ndarray:
-    """Class probabilities ``[N, C]`` for every flow of a raw table, with the model's stored preprocessing."""
+def predict_table(model, df, fmt: str | None = None, batch_size: int = 2048, time_format: str | None = None
+                  ) -> np.ndarray:
+    """Class probabilities ``[N, C]`` float32 for every flow of a raw table, with the model's stored preprocessing.
+
+    Args:
+        model: flow weights (``zoo_config["preprocessing"]``). df (pandas.DataFrame): the raw table, one row per flow;
+            column names as the source writes them (CICFlowMeter's leading spaces are fine).
+        fmt (str, Optional): the table's format. Default: the model's.
+        batch_size (int): Default: ``2048``.
+        time_format (str, Optional): ``strftime`` pattern of the time stamps (windowed models). Default: the one
+            the model was trained with, else inferred (:func:`gatedzoo.data.flows.flow_times`).
+    """
     from gatedzoo.data.flows import FlowPreprocessor, FlowWindows, table_windows
 
     cfg = getattr(model, "zoo_config", {})
@@ -217,7 +227,8 @@ def predict_table(model, df, fmt: str | None = None, batch_size: int = 2048) -> 
                          "FlowDataModule or load shipped flow weights.")
     pre = FlowPreprocessor.from_state(cfg["preprocessing"])
     x, c, _ = pre.transform(df)
-    ds = FlowWindows(x, c, None, table_windows(df, fmt or pre.fmt, int(cfg.get("window", 1))))
+    time_format = time_format or cfg.get("time_format")
+    ds = FlowWindows(x, c, None, table_windows(df, fmt or pre.fmt, int(cfg.get("window", 1)), time_format))
     model.eval()
     device = next(model.parameters()).device
     out = []
@@ -278,7 +289,8 @@ def fit_novelty_guard(model, datamodule, false_alarm_rate: float = 0.1, k: int =
     train = str(Path(dm.train_path).expanduser().resolve()) if dm.train_path else dm.train_name
     reference = {"train_path": train, "format": dm.format, "task": dm.task,
                  "val_fraction": dm.val_fraction, "window": dm.window, "seed": dm.seed,
-                 "preprocessor_from": dm.preprocessor_from, "max_train_rows": dm.max_train_rows}
+                 "preprocessor_from": dm.preprocessor_from, "max_train_rows": dm.max_train_rows,
+                 "time_format": dm.time_format}
     rule = {"score": "knn", "k": k, "false_alarm_rate": false_alarm_rate, "threshold": float(guard.threshold),
             "reference_flows": len(guard.ref_num), "reference": reference}
     if hasattr(model, "zoo_config"):  # replaces an earlier rule whole: its notes and metrics described other data
@@ -319,6 +331,10 @@ def rebuild_novelty_guard(model):
 def evaluate_flows(model, data: str | None = None, split: str = "test", novelty: bool = False) -> dict[str, float]:
     """Score a flow model on its test table (NSL-KDD ``KDDTest+``) or on ``data`` (a table in its format).
 
+    A ``data`` table without a label column (an unlabelled 41-column NSL-KDD file, say) gets predictions, not
+    metrics: ``n`` and the share of flows predicted as attacks (``predicted_attack_share``), with a warning;
+    :func:`predict_table` gives the per-flow scores.
+
     ``novelty``: first rebuild the novelty guard the model's config records (:func:`rebuild_novelty_guard`). With a
     guard attached, the metrics are the guarded detector's, followed by the classifier's own (``classifier_*``),
     the share of flows only the guard flagged (``novelty_flagged``) and the false alarms on normal flows of both.
@@ -335,6 +351,11 @@ def evaluate_flows(model, data: str | None = None, split: str = "test", novelty:
         data = str(fetch(NSLKDD_FILES["test"]))
     df, fmt = read_flow_table(data, fmt)
     task = cfg.get("flow_task", "binary")
+    if not any(c in df.columns for c in ("label", "Label", "attack")):  # the columns labels_of reads
+        prob = predict_table(model, df, fmt)
+        log.warning("%s has no label column: predictions only, no metrics (per-flow scores: "
+                    "gatedzoo.tasks.flows.predict_table).", data)
+        return {"n": float(len(df)), "predicted_attack_share": round(float((prob.argmax(1) != 0).mean()), 6)}
     y = labels_of(df, fmt, task)
     prob = predict_table(model, df, fmt)
     metrics = flow_metrics(y, prob, cfg.get("label_names"))

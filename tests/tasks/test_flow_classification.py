@@ -5,6 +5,7 @@ import logging
 
 import lightning as L
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,7 +13,7 @@ from datafiles import need
 
 from gatedzoo import create_model
 from gatedzoo.cli import main
-from gatedzoo.data.flows import NSLKDD_FILES, FlowDataModule, read_nslkdd
+from gatedzoo.data.flows import NSLKDD_COLUMNS, NSLKDD_FILES, FlowDataModule, read_flow_table, read_nslkdd
 from gatedzoo.tasks.flows import (
     FlowClassification,
     class_weights,
@@ -107,6 +108,51 @@ def test_eval_scores_a_user_file_and_refuses_a_foreign_model(tmp_path, capsys):
     assert out["n"] == 400 and out["attack_share"] == 1.0 and "roc_auc" not in out
     with pytest.raises(ValueError, match="carries no flow preprocessing"):
         predict_table(create_model("tchnet", **TINY), test.head(5))
+
+
+def test_eval_of_an_unlabelled_file_gives_predictions_not_metrics(tmp_path, capsys):
+    test = read_nslkdd(_need("test")).head(300)
+    path = tmp_path / "unlabelled.txt"
+    test[list(NSLKDD_COLUMNS[:41])].to_csv(path, header=False, index=False)
+    model = create_model("tchnet.nslkdd_binary", pretrained=True)
+    prob = predict_table(model, read_flow_table(path)[0])
+    np.testing.assert_array_equal(prob, predict_table(model, test))
+    share = pytest.approx(float((prob.argmax(1) == 1).mean()), abs=1e-6)
+    assert main(["eval", "tchnet.nslkdd_binary", "--data", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["metrics"] == {"n": 300.0, "predicted_attack_share": share}
+    # a header with difficulty but no label: unlabelled too, the difficulty numbers are never read as labels
+    test.drop(columns="label").to_csv(tmp_path / "difficulty.csv", index=False)
+    assert evaluate_flows(model, data=str(tmp_path / "difficulty.csv")) == {"n": 300.0, "predicted_attack_share": share}
+
+
+def test_windowed_model_scores_a_cicflowmeter_frame_as_pandas_reads_it(tmp_path):
+    rows = read_nslkdd(_need("test")).head(900)
+    rng = np.random.default_rng(0)
+    # real flows under CICFlowMeter's own (space-prefixed) names, day-first stamps over midnight 12 -> 13 February
+    times = pd.Timestamp("2018-02-12 23:00") + pd.to_timedelta(rng.permutation(900) * 8, unit="s")
+    table = pd.DataFrame({" Flow Duration": rows["duration"] * 1_000_000,
+                          "Total Length of Fwd Packets": rows["src_bytes"],
+                          " Total Length of Bwd Packets": rows["dst_bytes"], " Protocol": rows["protocol_type"],
+                          " count": rows["count"], " srv_count": rows["srv_count"],
+                          " Source IP": [f"10.0.0.{k}" for k in rng.integers(1, 5, 900)],
+                          " Timestamp": times.strftime("%d/%m/%Y %H:%M:%S"), " Label": rows["label"]})
+    path = tmp_path / "cic.csv"
+    table.to_csv(path, index=False)
+    L.seed_everything(0)
+    dm = FlowDataModule(train_path=str(path), test_path=str(path), format="cicflowmeter", window=4, batch_size=64,
+                        time_format="%d/%m/%Y %H:%M:%S")
+    task = FlowClassification("tchnet", model_args=TINY, lr=3e-3)
+    L.Trainer(max_epochs=1, limit_train_batches=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False, default_root_dir=tmp_path).fit(task, dm)
+    task.model.save_pretrained(tmp_path / "zoo")
+    model = create_model(str(tmp_path / "zoo"))
+    assert model.zoo_config["window"] == 4 and model.zoo_config["time_format"] == "%d/%m/%Y %H:%M:%S"
+    prob = predict_table(model, pd.read_csv(path))  # the user's own read: names keep their leading spaces
+    np.testing.assert_allclose(prob, predict_table(model, read_flow_table(path, "cicflowmeter")[0]), atol=1e-6)
+    test = dm.datasets["test"]
+    with torch.no_grad():
+        want = torch.softmax(model.eval()(test.x_num[test.index], test.x_cat[test.index]), -1).numpy()
+    np.testing.assert_allclose(prob, want, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", sorted(GOLDEN))
