@@ -4,7 +4,9 @@ Long layout: one row per (series, time) with columns ``unique_id``, ``ds``, ``y`
 plus one numeric column per series (the TSLib CSV format; a path to such a CSV works wherever a frame does).
 Gateformer is multivariate: all series are forecast jointly, so they must share the same timestamps. Predictions
 come back in the layout the data came in (long: a column named after the model, ``Gateformer``; wide: one column
-per series), on the data's own scale.
+per series), on the data's own scale, stamped at the data's frequency. The timestamps must be regular (a missing one
+is refused, named); a gap inside a series is filled forward for the model's look-back, while the truth that
+:meth:`Forecaster.cross_validation` returns keeps it as NaN.
 
     fc = Forecaster("gateformer", h=48, input_size=96, max_epochs=3).fit(df)
     future = fc.predict()                               # the h steps after the end of df
@@ -21,19 +23,49 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gatedzoo.data.timeseries import DATE, TimeSeriesDataModule, check_frame, load_frame, time_steps
+from gatedzoo.data.timeseries import (
+    DATE,
+    TimeSeriesDataModule,
+    check_frame,
+    check_frequency,
+    load_frame,
+    same_frequency,
+    time_steps,
+    tslib_borders,
+)
 
 MODEL_COL = "Gateformer"
 
 
 def to_wide(df, id_col: str = "unique_id", time_col: str = "ds", target_col: str = "y"):
-    """Long ``(unique_id, ds, y)`` -> wide ``date`` + one column per series; refuses ragged timestamps."""
+    """Long ``(unique_id, ds, y)`` -> wide ``date`` + one column per series (named ``str(unique_id)``).
+
+    ``ds`` is parsed to timestamps before the rows are ordered, so dates written as strings in any format pandas
+    reads sort by time, not as text. Refuses numeric ``ds`` (integer time steps), unparsable ``ds``, repeated
+    ``(unique_id, ds)`` pairs and series with different timestamps.
+    """
     import pandas as pd
 
     missing = [c for c in (id_col, time_col, target_col) if c not in df.columns]
     if missing:
         raise ValueError(f"long DataFrame lacks columns {missing} (has {list(df.columns)[:10]}); give {id_col}, "
                          f"{time_col}, {target_col} or pass id_col= / time_col= / target_col=.")
+    ds = df[time_col]
+    if pd.api.types.is_numeric_dtype(ds) or pd.api.types.is_bool_dtype(ds):
+        # pandas would read integers as nanoseconds since 1970 and the forecasts would carry meaningless timestamps
+        raise ValueError(f"{time_col!r} holds numbers (e.g. {ds.head(2).tolist()}); Gateformer needs timestamps "
+                         f"(its forecasts continue the calendar): convert them, e.g. df[{time_col!r}] = "
+                         f"pd.Timestamp('2000-01-01') + pd.to_timedelta(df[{time_col!r}], unit='h') for hourly steps.")
+    if not pd.api.types.is_datetime64_any_dtype(ds):
+        parsed = pd.to_datetime(ds, errors="coerce")
+        if parsed.isna().any():
+            bad = ds[parsed.isna()].head(3).tolist()
+            raise ValueError(f"{int(parsed.isna().sum())} {time_col!r} values do not parse as timestamps, e.g. "
+                             f"{bad}; use one format for all of them, e.g. ISO dates such as 2016-07-01 00:00:00.")
+        df = df.assign(**{time_col: parsed})
+    if df[id_col].astype(str).nunique() != df[id_col].nunique():
+        raise ValueError(f"distinct {id_col} values have the same text (e.g. 1 and '1'); give every series its own "
+                         "name.")
     if df.duplicated([id_col, time_col]).any():
         raise ValueError(f"long DataFrame has repeated ({id_col}, {time_col}) pairs; keep one row per series and time.")
     wide = df.pivot(index=time_col, columns=id_col, values=target_col).sort_index()
@@ -89,7 +121,13 @@ class Forecaster:
         self.patience, self.limit_train_batches, self.accelerator, self.seed = (patience, limit_train_batches,
                                                                                 accelerator, seed)
         self.cols = (id_col, time_col, target_col)
-        self.pretrained = "." in model or os.sep in model or model.startswith(("local-dir:", "hf-hub:"))
+        if freq is not None and not isinstance(freq, str):
+            raise ValueError(f"freq={freq!r}: give a pandas frequency string ('h', '30min', 'D'); integer time steps "
+                             "are not supported, the timestamps must be dates.")
+        # a name with a dot or a path, a hub / local-dir prefix, or an existing folder (a bare name saved in the
+        # working directory) names weights; anything else is an architecture trained from scratch
+        self.pretrained = ("." in model or os.sep in model or model.startswith(("local-dir:", "hf-hub:"))
+                           or Path(model).expanduser().is_dir())
         self.model = create_model(model, pretrained=True) if self.pretrained else None
         cfg = getattr(self.model, "zoo_config", {}) if self.model is not None else {}
         self.h = int(h or cfg.get("horizon") or 96)
@@ -102,25 +140,42 @@ class Forecaster:
                              "steps; drop input_size or train from 'gateformer'.")
         self._wide = None
         self._long_input = False
+        self._ids: dict = {}  # series column name -> the caller's unique_id (an int id stays an int)
 
     # data handling
     def _frame(self, df):
-        """Wide checked frame from a long or wide DataFrame or a CSV path; remembers which layout came in."""
+        """Wide checked frame from a long or wide DataFrame or a CSV path; remembers which layout came in.
+
+        Missing values stay NaN here (the truth of :meth:`cross_validation`); :meth:`_inputs` fills the model's
+        look-back.
+        """
         if df is None:
             if self._wide is None:
                 raise ValueError("no data: call fit(df) first or pass df=.")
             return self._wide
         if isinstance(df, (str, os.PathLike)):  # a wide CSV in the TSLib format
-            df = load_frame(str(df))
+            df = load_frame(str(df), freq=self.user_freq, fill=False)
         id_col, time_col, target_col = self.cols
         long = id_col in df.columns and target_col in df.columns
         self._long_input = long
+        if long:
+            self._ids = {str(u): u for u in df[id_col].unique()}
         wide = to_wide(df, *self.cols) if long else df.rename(columns={time_col: DATE}) if DATE not in df.columns \
             else df
-        return check_frame(wide, source="DataFrame", target=str(wide.columns[-1]))
+        return check_frame(wide, source="DataFrame", target=str(wide.columns[-1]), freq=self.user_freq, fill=False)
+
+    @staticmethod
+    def _inputs(wide, variables) -> np.ndarray:
+        """The model's inputs ``[T, N]`` float64: gaps inside a series filled forward (only past values, so a
+        window's look-back never reads a value after its cutoff; :func:`check_frame` refused leading gaps)."""
+        return wide[variables].ffill().to_numpy(dtype=np.float64)
 
     def _out(self, wide):
-        return to_long(wide, MODEL_COL, self.cols[0], self.cols[1]) if self._long_input else wide
+        if not self._long_input:
+            return wide
+        out = to_long(wide, MODEL_COL, self.cols[0], self.cols[1])
+        out[self.cols[0]] = out[self.cols[0]].map(self._ids)
+        return out
 
     def _scaler(self):
         cfg = self.model.zoo_config
@@ -146,13 +201,14 @@ class Forecaster:
 
         wide = self._frame(df)
         n_vars = wide.shape[1] - 1
+        starts, ends = tslib_borders(len(wide), self.input_size, "ratio", (1.0 - self.val_size, self.val_size, 0.0))
+        if ends[1] - starts[1] < self.input_size + self.h:
+            raise ValueError(f"the validation part ({self.val_size:.0%} of {len(wide)} rows) is shorter than "
+                             f"input_size + h = {self.input_size + self.h}; give a longer series or raise val_size.")
         dm = TimeSeriesDataModule.from_frame(wide, seq_len=self.input_size, pred_len=self.h, split="ratio",
                                              ratios=[1.0 - self.val_size, self.val_size, 0.0],
                                              batch_size=self.batch_size, freq=self.user_freq)
         dm.setup("fit")
-        if "val" not in dm.sets:
-            raise ValueError(f"the validation part ({self.val_size:.0%} of {len(wide)} rows) is shorter than "
-                             f"input_size + h = {self.input_size + self.h}; give a longer series or raise val_size.")
         L.seed_everything(self.seed, verbose=False)
         args = {**self.model_args, "seq_len": self.input_size, "pred_len": self.h, "n_vars": n_vars}
         task = Forecasting(self.name, model_args=args, pretrained=self.pretrained, lr=self.lr)
@@ -172,29 +228,43 @@ class Forecaster:
         return self
 
     def _data_freq(self, wide) -> str:
-        """The series' frequency: the one given or stored, else inferred from ``date``; raises when neither works."""
-        import pandas as pd
+        """The data's own frequency (the ``freq`` given, checked against ``date``, else inferred from it).
 
-        freq = self.freq or pd.infer_freq(wide[DATE].iloc[-min(len(wide), 100):])
+        Raises when it cannot be inferred, or when the weights were trained at another frequency: their forecasts
+        would be stamped, and a residual cycle phased, on the wrong grid.
+        """
+        freq = check_frequency(wide[DATE], self.user_freq, "DataFrame")
         if not freq:
-            raise ValueError("cannot infer the series' frequency from 'date'; pass freq= (e.g. 'h', '30min', 'D').")
+            raise ValueError("cannot infer the series' frequency from 'date' (irregular timestamps); resample them "
+                             "to a regular grid or pass freq= (e.g. 'h', '30min', 'D').")
+        trained = self.model.zoo_config.get("freq") if self.model is not None else None
+        if trained and not same_frequency(trained, freq):
+            raise ValueError(f"the data's frequency is {freq!r} but the weights {self.name} were trained on "
+                             f"{trained!r} data; resample the data to {trained!r}, or fit() on it to fine-tune the "
+                             f"weights at {freq!r}.")
         return freq
 
     @torch.no_grad()
-    def _forecast(self, history: np.ndarray, start, wide) -> np.ndarray:
-        """``history`` ``[input_size, N]`` on the data scale, whose first row is at timestamp ``start`` of the frame
-        ``wide`` -> forecast ``[h, N]`` on the data scale."""
+    def _forecast(self, history: np.ndarray, start, freq: str) -> np.ndarray:
+        """``history`` ``[input_size, N]`` on the data scale, whose first row is at timestamp ``start`` of data of
+        frequency ``freq`` -> forecast ``[h, N]`` on the data scale."""
         from gatedzoo.tasks.forecasting import predict_windows
 
         mean, std, _ = self._scaler()
         x = torch.as_tensor((history - mean) / std, dtype=torch.float32)[None]
-        steps = time_steps([start], self._data_freq(wide)) if getattr(self.model, "reads_time", False) else None
+        steps = time_steps([start], freq) if getattr(self.model, "reads_time", False) else None
         step = None if steps is None else torch.as_tensor(steps)
         y = predict_windows(self.model.eval(), x, step)[0].double().numpy()
         return y * std + mean
 
     def predict(self, df=None):
-        """Forecast the ``h`` steps after the end of ``df`` (default: the data given to :meth:`fit`)."""
+        """Forecast the ``h`` steps after the last row of ``df`` (default: the data given to :meth:`fit`).
+
+        The forecasts are stamped at the data's frequency, from the step after its last timestamp. Every series must
+        be observed in the last row: trailing missing values would move the forecast's origin past the last
+        observation and feed the look-back invented values, so they are refused (drop future rows with ``y = NaN``
+        or fill the gap yourself). Gaps inside the look-back are filled forward.
+        """
         import pandas as pd
 
         if self.model is None:
@@ -205,8 +275,17 @@ class Forecaster:
             raise ValueError(f"predict needs the last input_size={self.input_size} rows; the data has {len(wide)}.")
         self._check_h()
         freq = self._data_freq(wide)
-        fc = self._forecast(wide[variables].to_numpy(dtype=np.float64)[-self.input_size:],
-                            wide[DATE].iloc[-self.input_size], wide)
+        trailing = {v: int(wide[v].iloc[::-1].notna().to_numpy().argmax()) for v in variables}
+        late = {v: n for v, n in trailing.items() if n}
+        if late:
+            v, n = max(late.items(), key=lambda kv: kv[1])
+            raise ValueError(
+                f"series {list(late)[:10]} are missing in the last rows ({v!r}: the last {n}, from "
+                f"{wide[DATE].iloc[-n]}); predict forecasts from the last row, so its look-back would end in "
+                "invented values: drop the trailing rows (future rows with y = NaN: df.dropna(subset=['y'])), end "
+                "the data at the last row where every series is observed, or fill them yourself."
+            )
+        fc = self._forecast(self._inputs(wide, variables)[-self.input_size:], wide[DATE].iloc[-self.input_size], freq)
         dates = pd.date_range(wide[DATE].iloc[-1], periods=self.h + 1, freq=freq)[1:]
         order = [c for c in wide.columns if c != DATE]  # the caller's column order
         return self._out(pd.DataFrame({DATE: dates, **{v: fc[:, variables.index(v)] for v in order}}))
@@ -220,7 +299,10 @@ class Forecaster:
         """Rolling-origin evaluation without refitting: ``n_windows`` forecasts whose last one ends at the data's end.
 
         Returns the forecasts with the truth beside them: long ``unique_id, ds, cutoff, y, Gateformer``, or wide
-        with ``cutoff`` and, per series, ``<name>`` (truth) and ``<name>_hat`` (forecast).
+        with ``cutoff`` and, per series, ``<name>`` (truth) and ``<name>_hat`` (forecast). The truth is the data as
+        given: NaN where a value was missing (never a filled value), so compute metrics skipping NaN (e.g.
+        ``utilsforecast.evaluation.evaluate`` or ``np.nanmean``); a window whose truth is all missing is still
+        forecast, with ``y`` all NaN. The model's look-back fills gaps forward from the last observation before them.
         """
         import pandas as pd
 
@@ -230,26 +312,28 @@ class Forecaster:
         variables = self._check_vars(wide)
         self._check_h()
         step = step_size or self.h
-        values = wide[variables].to_numpy(dtype=np.float64)
+        values = self._inputs(wide, variables)
+        truth = wide[variables].to_numpy(dtype=np.float64)  # NaN kept: missing truth must not be scored
         first = len(values) - self.h - (n_windows - 1) * step
         if n_windows < 1 or first < self.input_size:
             raise ValueError(f"{n_windows} windows of h={self.h} every {step} steps need "
                              f"{self.input_size + self.h + (n_windows - 1) * step} rows; the data has {len(values)}.")
+        freq = self._data_freq(wide)
         parts = []
         for k in range(n_windows):
             cut = first + k * step
-            fc = self._forecast(values[cut - self.input_size:cut], wide[DATE].iloc[cut - self.input_size], wide)
+            fc = self._forecast(values[cut - self.input_size:cut], wide[DATE].iloc[cut - self.input_size], freq)
             part = pd.DataFrame({DATE: wide[DATE].iloc[cut:cut + self.h].to_numpy(),
                                  "cutoff": wide[DATE].iloc[cut - 1]})
             for i, v in enumerate(variables):
-                part[v], part[f"{v}_hat"] = values[cut:cut + self.h, i], fc[:, i]
+                part[v], part[f"{v}_hat"] = truth[cut:cut + self.h, i], fc[:, i]
             parts.append(part)
         out = pd.concat(parts, ignore_index=True)
         if not self._long_input:
             return out
         id_col, time_col, target_col = self.cols
-        rows = [pd.DataFrame({id_col: v, time_col: out[DATE], "cutoff": out["cutoff"], target_col: out[v],
-                              MODEL_COL: out[f"{v}_hat"]}) for v in variables]
+        rows = [pd.DataFrame({id_col: self._ids.get(v, v), time_col: out[DATE], "cutoff": out["cutoff"],
+                              target_col: out[v], MODEL_COL: out[f"{v}_hat"]}) for v in variables]
         return pd.concat(rows, ignore_index=True)
 
     # persistence and plots
@@ -262,9 +346,17 @@ class Forecaster:
 
     @classmethod
     def load(cls, path: str | os.PathLike, **kwargs) -> Forecaster:
-        """A forecaster from a folder written by :meth:`save` (or any zoo forecasting weights)."""
+        """A forecaster from a folder written by :meth:`save` (a path, or a bare name in the working directory) or
+        zoo forecasting weights (``"gateformer.etth1_96"``, ``hf-hub:``, ``local-dir:``); ``kwargs`` go to
+        :class:`Forecaster`. Raises when ``path`` names neither, instead of returning a forecaster without weights.
+        """
         name = str(path)
-        return cls(name if os.sep in name or name.startswith("local-dir:") else name, **kwargs)
+        forecaster = cls(name, **kwargs)
+        if forecaster.model is None:
+            raise ValueError(f"Forecaster.load({name!r}): there is no folder {name!r} (in {os.getcwd()}) and "
+                             f"{name!r} names no weights; give the folder written by save() or weights such as "
+                             f"'gateformer.etth1_96' (Forecaster({name!r}) trains an architecture from scratch).")
+        return forecaster
 
     def plot(self, df, forecasts, unique_ids: list[str] | None = None, path: str | os.PathLike = "forecast.png",
              history: int | None = None) -> Path:
@@ -288,7 +380,7 @@ class Forecaster:
             fw = forecasts.rename(columns={c: f"{c}_hat" for c in forecasts.columns if c in wide.columns
                                            and c != DATE and "cutoff" not in forecasts.columns})
         series = [c for c in wide.columns if c != DATE]
-        chosen = list(unique_ids) if unique_ids else series[:4]
+        chosen = [str(u) for u in unique_ids] if unique_ids else series[:4]
         unknown = [s for s in chosen if s not in series]
         if unknown:
             raise ValueError(f"unknown series {unknown}; available: {series[:20]}.")

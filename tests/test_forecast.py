@@ -91,3 +91,108 @@ def test_a_cycle_forecaster_reads_the_phase_from_the_timestamps(wide):
     # the same values at timestamps one step later are another phase of the daily cycle, so another forecast
     later = cut.assign(date=cut["date"] + pd.Timedelta("30min"))
     assert not np.allclose(fc.predict(later)["Demand"].to_numpy(), pred["Demand"].to_numpy(), rtol=1e-5)
+
+
+def test_cross_validation_keeps_missing_truth_missing(fc, long, wide, tmp_path):
+    # the last 10 Demand observations are missing (a meter outage): the CV truth must say so, not repeat the last one
+    gone = (long.unique_id == "Demand") & (long.ds > wide["date"].iloc[-11])
+    holes = long.assign(y=long["y"].mask(gone))
+    cv = fc.cross_validation(holes, n_windows=2, step_size=24)
+    demand = cv[cv.unique_id == "Demand"].set_index(["cutoff", "ds"])
+    assert demand["y"].isna().sum() == 10 and demand["y"].tail(10).isna().all()
+    full = fc.cross_validation(long, n_windows=2, step_size=24)
+    # the observed truth is untouched, and these windows' look-backs end before the outage: the same forecasts
+    np.testing.assert_array_equal(cv["y"].dropna(), full["y"][cv["y"].notna()])
+    np.testing.assert_allclose(cv[MODEL_COL], full[MODEL_COL], rtol=1e-6)
+    # the wide layout too, and its forecasts from a look-back with a hole are made from the values before it
+    wide_cv = fc.cross_validation(wide.assign(Demand=wide["Demand"].mask(wide.index >= len(wide) - 10)),
+                                  n_windows=1, step_size=24)
+    assert wide_cv["Demand"].isna().sum() == 10 and wide_cv["Temperature"].notna().all()
+    wide.assign(Demand=wide["Demand"].mask(wide.index >= len(wide) - 10)).to_csv(tmp_path / "w.csv", index=False)
+    assert fc.cross_validation(str(tmp_path / "w.csv"), n_windows=1)["Demand"].isna().sum() == 10  # a CSV too
+    inner = wide.assign(Demand=wide["Demand"].mask(wide.index == len(wide) - 30))  # in the last look-back
+    a = fc.cross_validation(inner, n_windows=1)
+    b = fc.cross_validation(wide.assign(Demand=wide["Demand"].where(wide.index != len(wide) - 30,
+                                                                    wide["Demand"].iloc[-31])), n_windows=1)
+    np.testing.assert_allclose(a["Demand_hat"], b["Demand_hat"], rtol=1e-6)
+    # predict cannot start from a look-back that ends in invented values
+    with pytest.raises(ValueError, match=r"series \['Demand'\] are missing in the last rows .*the last 10"):
+        fc.predict(holes)
+
+
+def test_future_rows_with_missing_y_are_refused_not_forecast_from(fc, long, wide):
+    future = pd.DataFrame([(u, d, np.nan) for u in ("Temperature", "Demand")
+                           for d in pd.date_range(wide["date"].iloc[-1], periods=25, freq="30min")[1:]],
+                          columns=["unique_id", "ds", "y"])
+    with_future = pd.concat([long, future], ignore_index=True)
+    with pytest.raises(ValueError, match="the last 24 rows .* have no value in any series.*dropna"):
+        fc.predict(with_future)
+    with pytest.raises(ValueError, match="have no value in any series"):
+        fc.cross_validation(with_future, n_windows=1)
+    # the fix the message gives restores the forecast from the last observation
+    pd.testing.assert_frame_equal(fc.predict(with_future.dropna(subset=["y"])), fc.predict(long))
+
+
+def test_missing_timestamps_are_refused_before_any_work(fc, long, wide):
+    gappy = wide.drop(index=range(2990, 2994))  # two hours missing inside the last look-back
+    with pytest.raises(ValueError, match=f"no row at {wide['date'].iloc[2990]} .*asfreq"):
+        fc.predict(gappy)
+    with pytest.raises(ValueError, match=f"no row at {wide['date'].iloc[2990]}"):
+        fc.cross_validation(to_long(gappy, value_col="y"), n_windows=1)
+    with pytest.raises(ValueError, match="missing timestamps"):
+        Forecaster(h=24, input_size=48, model_args=TINY, max_epochs=1, accelerator="cpu").fit(gappy)
+    # the fix the message names: reindex to the grid; the new rows are filled forward for the look-back
+    regular = gappy.set_index("date").asfreq("30min").reset_index()
+    assert len(fc.predict(regular)) == 24
+
+
+def test_forecasts_follow_the_datas_frequency_or_refuse(fc, wide, tmp_path):
+    # 15-minute data given to weights trained on half-hours: stamping the forecasts at 30 min was silently wrong
+    quarter = wide.assign(date=pd.date_range(wide["date"].iloc[0], periods=len(wide), freq="15min"))
+    with pytest.raises(ValueError, match="frequency is '15min' but the weights .* trained on '30min'"):
+        fc.predict(quarter)
+    with pytest.raises(ValueError, match="frequency is '15min'"):
+        fc.cross_validation(quarter, n_windows=1)
+    # a freq given that the timestamps do not follow is refused as well
+    fc.save(tmp_path / "fc")
+    with pytest.raises(ValueError, match="against the frequency 'h'"):
+        Forecaster.load(str(tmp_path / "fc"), freq="h").predict(wide)
+    pred, cv = fc.predict(wide), fc.cross_validation(wide, n_windows=1)
+    assert (pred["date"].diff().dropna() == pd.Timedelta("30min")).all()
+    assert (cv["date"].diff().dropna() == pd.Timedelta("30min")).all()
+
+
+def test_dates_as_text_in_any_order_preserving_format(fc, long):
+    us = long.assign(ds=long["ds"].dt.strftime("%m/%d/%Y %H:%M"))  # sorted by time, not as text (Dec 2011 first)
+    assert not us["ds"].is_monotonic_increasing
+    pd.testing.assert_frame_equal(fc.predict(us), fc.predict(long))
+
+
+def test_load_a_folder_by_its_bare_name(fc, tmp_path, monkeypatch, wide):
+    fc.save(tmp_path / "my_forecaster")
+    monkeypatch.chdir(tmp_path)
+    again = Forecaster.load("my_forecaster")
+    assert again.model is not None and again.pretrained
+    np.testing.assert_allclose(again.predict(wide)[["Demand"]], fc.predict(wide)[["Demand"]], rtol=1e-6)
+    with pytest.raises(ValueError, match="no folder 'my_forecastr' .* names no weights"):
+        Forecaster.load("my_forecastr")
+    with pytest.raises(ValueError, match="names no weights"):
+        Forecaster.load("gateformer")  # an architecture, not weights
+
+
+def test_integer_ids_come_back_as_integers_and_integer_ds_is_refused(long):
+    ids = long.assign(unique_id=long["unique_id"].map({"Temperature": 1, "Demand": 2}))
+    fc = Forecaster(h=24, input_size=48, model_args=TINY, max_epochs=1, limit_train_batches=2,
+                    accelerator="cpu").fit(ids)
+    pred, cv = fc.predict(), fc.cross_validation(ids, n_windows=1)
+    assert pred["unique_id"].dtype == ids["unique_id"].dtype and set(pred["unique_id"]) == {1, 2}
+    assert cv["unique_id"].dtype == ids["unique_id"].dtype
+    assert len(pred.merge(ids[["unique_id"]].drop_duplicates(), on="unique_id")) == 48  # merges back
+    # integer steps would be read as nanoseconds since 1970: refused with the conversion to make
+    steps = long.assign(ds=long.groupby("unique_id").cumcount())
+    with pytest.raises(ValueError, match="'ds' holds numbers .*pd.to_timedelta"):
+        fc.predict(steps)
+    with pytest.raises(ValueError, match="freq=1: give a pandas frequency string"):
+        Forecaster(freq=1)
+    with pytest.raises(ValueError, match="same text"):
+        to_wide(pd.concat([ids, long.assign(unique_id=long["unique_id"].map({"Temperature": "1", "Demand": "2"}))]))

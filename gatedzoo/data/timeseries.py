@@ -93,7 +93,8 @@ def read_vic_elec():
 
 
 def load_frame(dataset: str, root: str | os.PathLike | None = None, target: str | None = None,
-               columns: list[str] | None = None, date_col: str = DATE):
+               columns: list[str] | None = None, date_col: str = DATE, freq: str | None = None,
+               fill: bool = True):
     """Read ``dataset`` (a name from :data:`DATASETS` or a CSV path) into a checked wide frame.
 
     Args:
@@ -103,6 +104,10 @@ def load_frame(dataset: str, root: str | os.PathLike | None = None, target: str 
             file's last column.
         columns (list[str], Optional): variates to keep (in this order, ``target`` still last). Default: all.
         date_col (str): name of the timestamp column in a CSV. Default: ``"date"``.
+        freq (str, Optional): pandas frequency the rows must follow (see :func:`check_frequency`). Default: the
+            named dataset's, else inferred from ``date``.
+        fill (bool): fill gaps inside a column forward (see :func:`check_frame`); `False` keeps them NaN.
+            Default: `True`.
 
     Returns:
         ``pandas.DataFrame`` with ``date`` (datetime64) then float64 variate columns.
@@ -126,16 +131,35 @@ def load_frame(dataset: str, root: str | os.PathLike | None = None, target: str 
             if date_col not in df.columns:
                 raise ValueError(f"{path}: no column {date_col!r}; columns are {list(df.columns)[:10]}.")
             df = df.rename(columns={date_col: DATE})
-    return check_frame(df, source=str(dataset), target=target, columns=columns)
+    known = DATASETS.get(key)
+    return check_frame(df, source=str(dataset), target=target, columns=columns,
+                       freq=freq or (known[1] if known else None), fill=fill)
 
 
 def check_frame(df, source: str = "frame", target: str | None = None, columns: list[str] | None = None,
-                min_rows: int = 2):
+                min_rows: int = 2, freq: str | None = None, fill: bool = True):
     """Validate and normalise a wide frame; every problem raises before any work with the fix in the message.
 
-    Checks: a ``date`` column that parses to timestamps and increases strictly; at least one variate; every variate
-    numeric and not entirely missing; at least ``min_rows`` rows. Missing values inside a column are filled forward
-    (a leading gap backward), so a window never holds NaN.
+    Checks: a ``date`` column of timestamps (not numbers) that increases strictly, with no missing timestamp against
+    the frequency (:func:`check_frequency`); at least one variate; every variate numeric, not entirely missing,
+    observed in the first row and in the last row of some variate; at least ``min_rows`` rows.
+
+    Missing values: a gap inside a column is filled forward with the last observation (``fill=True``), which uses
+    only the past, so a window never holds NaN and no value from later rows reaches earlier ones. A *leading* gap
+    (a column missing from the first row on) is refused: filling it would copy a later value, possibly from the
+    validation or test rows, into the training rows and the scaler. Trailing rows in which every variate is missing
+    (future timestamps with ``y = NaN``) are refused too: they are not observations.
+
+    Args:
+        df (pandas.DataFrame): ``date`` + one column per variate.
+        source (str): name used in the error messages. Default: ``"frame"``.
+        target (str, Optional): column to put last. Default: ``"OT"`` if present, else the last column.
+        columns (list[str], Optional): variates to keep. Default: all.
+        min_rows (int): fewest rows accepted. Default: ``2``.
+        freq (str, Optional): pandas frequency the rows must follow; default: inferred (see
+            :func:`check_frequency`).
+        fill (bool): fill gaps inside a column forward; `False` keeps them as NaN (the truth of
+            ``Forecaster.cross_validation``). Default: `True`.
 
     Returns:
         a copy with ``date`` as datetime64 first and the variates as float64, ``target`` last.
@@ -149,7 +173,13 @@ def check_frame(df, source: str = "frame", target: str | None = None, columns: l
             f"{source}: no 'date' column (columns: {list(df.columns)[:10]}). The TSLib format needs the timestamps in "
             "a first column named 'date'; rename yours (load_frame(..., date_col='<name>'))."
         )
-    dates = pd.to_datetime(df[DATE], errors="coerce")
+    raw = df[DATE]
+    if pd.api.types.is_numeric_dtype(raw) or pd.api.types.is_bool_dtype(raw):
+        # pandas reads numbers as nanoseconds since 1970: forecasts would carry meaningless timestamps
+        raise ValueError(f"{source}: 'date' holds numbers (e.g. {raw.head(2).tolist()}), not timestamps; convert "
+                         "them, e.g. pd.Timestamp('2000-01-01') + pd.to_timedelta(step, unit='h') for integer "
+                         "hours.")
+    dates = pd.to_datetime(raw, errors="coerce")
     if dates.isna().any():
         bad = df.loc[dates.isna(), DATE].head(3).tolist()
         raise ValueError(f"{source}: {int(dates.isna().sum())} 'date' values do not parse as timestamps, e.g. {bad}; "
@@ -157,6 +187,7 @@ def check_frame(df, source: str = "frame", target: str | None = None, columns: l
     if not dates.is_monotonic_increasing or dates.duplicated().any():
         raise ValueError(f"{source}: 'date' must increase strictly (sorted, no duplicates); sort the rows by date and "
                          "drop repeated timestamps.")
+    check_frequency(dates, freq, source)
     variates = [c for c in df.columns if c != DATE]
     if columns is not None:
         missing = [c for c in columns if c not in variates]
@@ -182,11 +213,100 @@ def check_frame(df, source: str = "frame", target: str | None = None, columns: l
         if (num.isna() & col.notna()).any():
             bad = col[num.isna() & col.notna()].head(3).tolist()
             raise ValueError(f"{source}: column {c!r} holds non-numeric values such as {bad}; clean or drop it.")
-        # gaps inside a column: carry the last observation forward, fill a leading gap with the first observation
-        out[str(c)] = num.ffill().bfill().to_numpy(dtype="float64")
+        out[str(c)] = num.to_numpy(dtype="float64")
+    observed = out[[str(c) for c in variates]].notna().to_numpy()
+    future = int(np.argmax(observed.any(1)[::-1]))  # trailing rows in which no variate is observed
+    if future:
+        raise ValueError(
+            f"{source}: the last {future} rows (from {out[DATE].iloc[-future]}) have no value in any series; rows "
+            "without observations (future timestamps with y = NaN) are not data: drop them, e.g. "
+            "df.dropna(subset=['y']) for a long frame or df.dropna(how='all', subset=<series columns>) for a wide one."
+        )
+    for i, c in enumerate(variates):
+        lead = int(np.argmax(observed[:, i]))
+        if lead:
+            raise ValueError(
+                f"{source}: column {c!r} is missing in its first {lead} rows (until {out[DATE].iloc[lead - 1]}); "
+                "filling them backward would copy later values into the history (and the training scaler): start "
+                f"the data at the first row where every series is observed (df.iloc[{lead}:] here), or fill them "
+                "yourself."
+            )
+    if fill:
+        # a gap inside a column: carry the last observation forward (only past values, so nothing leaks backward)
+        out[[str(c) for c in variates]] = out[[str(c) for c in variates]].ffill()
     if len(out) < min_rows:
         raise ValueError(f"{source}: {len(out)} rows; at least {min_rows} are needed.")
     return out
+
+
+def same_frequency(a: str, b: str) -> bool:
+    """Whether two pandas frequency strings name the same step (``"h"`` and ``"60min"`` do)."""
+    from pandas.tseries.frequencies import to_offset
+
+    return to_offset(a) == to_offset(b)
+
+
+def _check_grid(dates, freq: str, source: str) -> None:
+    """Raise when ``dates`` (sorted, unique) are not consecutive steps of ``freq`` from their first timestamp."""
+    import pandas as pd
+
+    try:
+        grid = pd.date_range(dates.iloc[0], periods=len(dates), freq=freq)
+    except ValueError as err:
+        raise ValueError(f"{source}: freq={freq!r} is not a pandas frequency ({err}); use e.g. 'h', '30min', 'D'.") \
+            from err
+    off = np.flatnonzero(np.asarray(pd.DatetimeIndex(dates) != grid))
+    if not len(off):
+        return
+    i = int(off[0])
+    where = (f"the first row {dates.iloc[0]} is not on the {freq!r} grid" if i == 0 else
+             f"no row at {grid[i]} (the row after {dates.iloc[i - 1]} is {dates.iloc[i]})")
+    raise ValueError(
+        f"{source}: missing timestamps against the frequency {freq!r}: {where}. A look-back window must cover "
+        f"consecutive steps; reindex to the full grid yourself, e.g. df.set_index('date').asfreq({freq!r})"
+        ".reset_index() for a wide frame (the new rows are NaN, then filled forward) or "
+        "utilsforecast.preprocessing.fill_gaps for a long one, or give the data's true frequency as freq=."
+    )
+
+
+def check_frequency(dates, freq: str | None = None, source: str = "frame") -> str | None:
+    """The frequency of sorted, unique timestamps; raises on missing timestamps (gaps) against it.
+
+    With ``freq`` given, every row must be the step after the previous one. Without it, the frequency is inferred
+    (``pandas.infer_freq``); where that fails because of holes, the frequency of a gap-free stretch (the first or
+    last 50 rows) or, for a fixed step, the most common step is taken and the first missing timestamp is named.
+
+    Args:
+        dates (pandas.Series): datetime64 ``[T]``, strictly increasing.
+        freq (str, Optional): the expected pandas frequency. Default: `None` (infer).
+        source (str): name used in the error message. Default: ``"frame"``.
+
+    Returns:
+        ``freq``, the inferred frequency string, or `None` when the timestamps follow no regular step (irregular
+        data, accepted; models that read the time step refuse it) or there are fewer than 3 of them.
+    """
+    import pandas as pd
+
+    dates = pd.Series(pd.to_datetime(dates)).reset_index(drop=True)
+    if freq:
+        _check_grid(dates, freq, source)
+        return freq
+    if len(dates) < 3:
+        return None
+    found = pd.infer_freq(dates)
+    if found:
+        return found
+    for part in (dates.iloc[:50], dates.iloc[-50:]):
+        guess = pd.infer_freq(part) if len(part) >= 3 else None
+        if guess:
+            _check_grid(dates, guess, source)
+            return guess
+    steps = dates.diff().iloc[1:]
+    step = steps.mode().iloc[0]
+    if step > pd.Timedelta(0) and (steps % step == pd.Timedelta(0)).all():
+        # every step a whole multiple of the usual one: a regular series with holes
+        _check_grid(dates, pd.tseries.frequencies.to_offset(step).freqstr, source)
+    return None
 
 
 def tslib_borders(n_rows: int, seq_len: int, split: str = "ratio",
@@ -279,7 +399,8 @@ class TimeSeriesDataModule(L.LightningDataModule):
         columns (list[str], Optional): variates to keep. Default: all.
         date_col (str): timestamp column of a CSV. Default: ``"date"``.
         root (str, Optional): data directory for named datasets. Default: ``$GATEDZOO_DATA``.
-        freq (str, Optional): pandas frequency string stored with the weights; inferred when not given.
+        freq (str, Optional): pandas frequency string of the rows, stored with the weights; the rows must follow
+            it without missing timestamps (:func:`check_frequency`). Default: the named dataset's, else inferred.
 
     After ``setup()``: ``n_vars``, ``variables``, ``mean``/``std`` (train statistics), ``steps`` (the rows' time
     indices, :func:`time_steps`; `None` without a fixed-length frequency) and the three window datasets, whose
@@ -331,8 +452,9 @@ class TimeSeriesDataModule(L.LightningDataModule):
     def load(self):
         """The checked wide frame of this module's data."""
         if self._frame is not None:
-            return check_frame(self._frame, source=self.dataset, target=self.target, columns=self.columns)
-        return load_frame(self.dataset, self.root, self.target, self.columns, self.date_col)
+            return check_frame(self._frame, source=self.dataset, target=self.target, columns=self.columns,
+                               freq=self.freq)
+        return load_frame(self.dataset, self.root, self.target, self.columns, self.date_col, freq=self.freq)
 
     def setup(self, stage: str | None = None) -> None:
         if self.sets:
@@ -354,6 +476,17 @@ class TimeSeriesDataModule(L.LightningDataModule):
                 f"{self.dataset}: the training part has {len(train)} rows but one window needs seq_len + pred_len = "
                 f"{need}; use a longer series, a shorter look-back / horizon, or a larger training fraction."
             )
+        for i, name in enumerate(SPLIT_NAMES[1:], 1):
+            # a part that should hold rows but is too short for one window is refused now, not after the training
+            # (Forecasting(test_after_fit=True) reads the test part only at the end of fit)
+            own = self.ends[i] - self.ends[i - 1]
+            if own > 0 and self.ends[i] - self.starts[i] < need:
+                raise ValueError(
+                    f"{self.dataset}: the {name} part has {self.ends[i] - self.starts[i]} rows (look-back "
+                    f"included) but one window needs seq_len + pred_len = {need}; give more rows, a shorter look-back "
+                    f"/ horizon, other ratios (now {list(self.ratios)}), or a zero {name} fraction to have no {name} "
+                    "part."
+                )
         self.mean = train.mean(0)
         std = train.std(0)
         # a constant training column would divide by zero; scikit-learn's StandardScaler uses a scale of 1 there too

@@ -146,3 +146,68 @@ def test_time_steps_count_fixed_length_steps_from_1970():
     # months, business days, anchored weeks and no frequency have no fixed step ("MS" must not read as milliseconds)
     for freq in ("MS", "B", "W-SUN", "", None):
         assert time_steps(daily, freq) is None
+
+
+def test_a_leading_gap_is_refused_not_filled_from_the_test_rows():
+    # Temperature unobserved in rows 0-2399 of 3000: back-filling made row 2400 (the test part) the whole training
+    # history of the column and its scaler (mean 20.6, std 1.0)
+    v = load_frame("vic_elec").iloc[:3000].reset_index(drop=True)
+    v.loc[:2399, "Temperature"] = np.nan
+    with pytest.raises(ValueError, match="'Temperature' is missing in its first 2400 rows .*df.iloc\\[2400:\\]"):
+        TimeSeriesDataModule.from_frame(v, seq_len=96, pred_len=24).setup()
+    dm = TimeSeriesDataModule.from_frame(v.iloc[2400:].reset_index(drop=True), seq_len=96, pred_len=24)
+    dm.setup()  # the fix the message gives
+    np.testing.assert_allclose(dm.mean[0], v["Temperature"].iloc[2400:2400 + dm.ends[0]].mean())
+
+
+def test_rows_without_any_observation_at_the_end_are_refused():
+    df = _frame(50)
+    df.loc[45:, ["Temperature", "OT"]] = np.nan
+    with pytest.raises(ValueError, match="the last 5 rows .* have no value in any series"):
+        check_frame(df)
+    # one series missing at the end is a gap of that series: filled forward, or kept as NaN with fill=False
+    df.loc[45:, "Temperature"] = 20.0
+    assert check_frame(df)["OT"].iloc[-1] == df["OT"].iloc[44]
+    assert check_frame(df, fill=False)["OT"].iloc[45:].isna().all()
+
+
+def test_missing_timestamps_are_refused_with_the_first_one_named(tmp_path):
+    need(ETTH1)
+    df = load_frame("etth1").iloc[:2000]
+    gappy = df.drop(index=range(1500, 1548)).reset_index(drop=True)  # two days missing
+    first = df["date"].iloc[1500]  # 2016-09-01 12:00
+    with pytest.raises(ValueError, match=f"frequency 'h': no row at {first} .*asfreq\\('h'\\)"):
+        check_frame(gappy)
+    path = tmp_path / "gappy.csv"
+    gappy.to_csv(path, index=False)
+    with pytest.raises(ValueError, match=f"no row at {first}"):
+        TimeSeriesDataModule(str(path), seq_len=96, pred_len=96).setup()
+    # scattered single holes, also in the first and the last rows that pandas.infer_freq would read
+    holes = df.drop(index=[3, 900, 1995]).reset_index(drop=True)
+    with pytest.raises(ValueError, match=f"no row at {df['date'].iloc[3]}"):
+        check_frame(holes)
+    with pytest.raises(ValueError, match="against the frequency '30min'"):
+        check_frame(df, freq="30min")  # the stated frequency is checked too
+    # the advised fix: reindex; the new rows are filled forward
+    fixed = check_frame(gappy.set_index("date").asfreq("h").reset_index())
+    assert len(fixed) == 2000 and (fixed["OT"].iloc[1500:1548] == gappy["OT"].iloc[1499]).all()
+    # irregular timestamps with no regular step at all stay accepted (their frequency is None)
+    from gatedzoo.data.timeseries import check_frequency
+
+    odd = df["date"] + pd.to_timedelta((np.arange(len(df)) % 3) * 7, unit="min")
+    assert check_frequency(odd) is None and check_frequency(df["date"]) == "h"
+    with pytest.raises(ValueError, match="'date' holds numbers"):
+        check_frame(df.assign(date=np.arange(len(df))))
+
+
+def test_a_too_short_test_part_is_refused_at_setup_before_training(tmp_path):
+    path = tmp_path / "n900.csv"
+    load_frame("vic_elec").iloc[:900].to_csv(path, index=False)
+    # 10 % of 900 rows + the 96-row look-back = 186 rows: no 192-row window; this used to surface after fit
+    with pytest.raises(ValueError, match="the test part has 186 rows .* seq_len \\+ pred_len = 192"):
+        TimeSeriesDataModule(str(path), ratios=[0.7, 0.2, 0.1]).setup()
+    with pytest.raises(ValueError, match="the val part has 186 rows"):
+        TimeSeriesDataModule(str(path), ratios=[0.7, 0.1, 0.2]).setup()
+    dm = TimeSeriesDataModule(str(path), ratios=[0.7, 0.3, 0.0])  # no test part wanted: accepted
+    dm.setup()
+    assert set(dm.sets) == {"train", "val"}
