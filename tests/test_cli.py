@@ -125,7 +125,7 @@ def test_list_pretrained_shows_what_a_user_chooses_by(capsys):
         assert f"{entry['size_bytes'] / 1e6:.1f} MB" in rows[name] and "arXiv" in rows[name], rows[name]
         assert "seed=" not in rows[name]  # bookkeeping entries never pass for metrics
     # the documented test metrics lead, formatted from the manifest
-    assert "test/mse=0.384, test/mae=0.3998" in rows["gateformer.etth1_96"]  # 4 significant digits: 0.38396
+    assert "test/mse=0.3813, test/mae=0.3977" in rows["gateformer.etth1_96"]  # 4 significant digits: 0.38128
     assert "test_accuracy=0.8162, test_mcc=0.6557" in rows["tchnet.nslkdd_binary"]
     assert "test_accuracy_multiclass=0.8067" in rows["tchnet.nslkdd_5class"]
     # parameters are counted on each tag's own configuration, not the architecture's defaults
@@ -166,7 +166,7 @@ def test_info_of_an_architecture_lists_its_weights_and_text_output(capsys):
     assert main(["info", "gateformer.etth1_96"]) == 0
     text = capsys.readouterr().out
     sha = _manifest()["gateformer.etth1_96"]["sha256"]["model.safetensors"]
-    assert f"model.safetensors: {sha}" in text and "recipes/gateformer/etth1_96.yaml" in text
+    assert f"model.safetensors: {sha}" in text and "recipes/gateformer/etth1_96_cycle_ema.yaml" in text
 
 
 def test_info_of_an_unknown_name_is_a_clear_error(capsys):
