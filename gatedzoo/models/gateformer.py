@@ -206,6 +206,8 @@ class Gateformer(ZooMixin, nn.Module):
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"Gateformer: {name}={value} must lie in [0, 1).")
         self.seq_len, self.pred_len, self.n_vars = seq_len, pred_len, n_vars
+        # the window the weights take and give, whatever a loaded config said (a pred_len override changes it)
+        self.zoo_config = {"lookback": seq_len, "horizon": pred_len}
         self.norm = InstanceNorm()
         self.global_embed = nn.Linear(seq_len, d_model)
         self.patch_embed = PatchEmbedding(seq_len, d_model, patch_len, stride, dropout)

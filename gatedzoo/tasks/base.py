@@ -27,6 +27,10 @@ TEST_LOSS = "test/loss"
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
+#: config entries that describe how the loaded weights were made and scored; training replaces those weights
+STALE_AFTER_TRAINING = ("metrics", "metrics_note", "recipe", "training_data", "training_run", "benchmark", "device",
+                        "novelty_rule")
+
 #: evaluators by task name: ``fn(model, data: str | None, split: str) -> dict[str, float]``
 EVALUATORS: dict[str, Callable] = {}
 
@@ -144,10 +148,16 @@ class ZooTask(L.LightningModule):
         self._mark_step()
 
     def on_fit_start(self) -> None:
+        cfg = zoo_config(self.model)
+        # training changes the weights: scores and provenance of the weights it started from no longer describe
+        # them (fresh ones are written at the end); they are kept under "fine_tuned_from"
+        stale = {k: cfg.pop(k) for k in STALE_AFTER_TRAINING if k in cfg}
+        if stale:
+            cfg["fine_tuned_from"] = stale
         # the data module knows the preprocessing (scalers, vocabularies, label names) that must travel with weights
         dm = getattr(self.trainer, "datamodule", None)
         meta = dm.zoo_metadata() if dm is not None and hasattr(dm, "zoo_metadata") else {}
-        zoo_config(self.model).update(meta)
+        cfg.update(meta)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # the model's zoo_config (class names, scaler, vocabulary, preprocessing) travels with a Lightning checkpoint,

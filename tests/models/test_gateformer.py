@@ -165,3 +165,9 @@ def test_residual_cycle_needs_the_time_step(windows):
         cyc(windows, torch.zeros(4))
     with pytest.raises(ValueError, match="cycle_len=-1 must be 0"):
         small(cycle_len=-1)
+
+
+def test_a_horizon_override_updates_the_configs_window_and_drops_the_scores():
+    m = gatedzoo.create_model("gateformer.etth1_96", pretrained=True, pred_len=48)
+    assert (m.zoo_config["lookback"], m.zoo_config["horizon"]) == (96, 48)
+    assert "metrics" not in m.zoo_config and m.zoo_config["adapted_from"]["source_metrics"]["test/mse"] > 0
