@@ -152,6 +152,14 @@ def cmd_eval(args) -> int:
     import gatedzoo.tasks as tasks
     from gatedzoo.zoo import create_model
 
+    try:
+        return _eval(args, tasks, create_model)
+    except (ValueError, FileNotFoundError) as e:  # bad input: its message says what to fix; no traceback
+        print(f"gatedzoo eval: {e}", file=sys.stderr)
+        return 2
+
+
+def _eval(args, tasks, create_model) -> int:
     model = create_model(args.name, pretrained=True)
     task = model.zoo_config.get("task", "")
     if task not in tasks.EVALUATORS:

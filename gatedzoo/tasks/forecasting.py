@@ -225,8 +225,9 @@ def evaluate_forecaster(model: nn.Module, data: str | None = None, split: str = 
     """``gatedzoo eval`` for forecasting weights: MSE / MAE on the normalised scale (the weights' own scaler).
 
     ``data`` is a CSV in the weights' format (``date`` + the same variables); default: the weights' training
-    dataset, split by its TSLib borders. ``split`` is ``train``, ``val``, ``test`` or ``all`` (every window of
-    ``data``).
+    dataset, split as it was for training (TSLib borders). A ``data`` file is split chronologically by the weights'
+    ratios when they have a test part, else 70 / 10 / 20 (TSLib's ratio protocol): fixed month borders of another
+    dataset would not fit it. ``split`` is ``train``, ``val``, ``test`` or ``all`` (every window of the file).
     """
     import numpy as np
 
@@ -258,15 +259,17 @@ def evaluate_forecaster(model: nn.Module, data: str | None = None, split: str = 
         raise ValueError(f"the config's lookback/horizon {lookback}/{horizon} do not match the model's "
                          f"{model.seq_len}/{model.pred_len}.")
     if split != "all":
-        starts, ends = tslib_borders(len(values), lookback, td.get("split", "ratio"),
-                                     tuple(td.get("ratios", (0.7, 0.1, 0.2))))
+        policy, ratios = td.get("split", "ratio"), tuple(td.get("ratios", (0.7, 0.1, 0.2)))
+        if data is not None and (policy != "ratio" or len(ratios) < 3 or ratios[2] <= 0):
+            policy, ratios = "ratio", (0.7, 0.1, 0.2)
+        starts, ends = tslib_borders(len(values), lookback, policy, ratios)
         i = SPLIT_NAMES.index(split)
         values = values[starts[i]:ends[i]]
         steps = None if steps is None else steps[starts[i]:ends[i]]
     ds = WindowDataset(values, lookback, horizon, steps)
     if len(ds) == 0:
         raise ValueError(f"the {split} part has {len(values)} rows; one window needs lookback + horizon = "
-                         f"{lookback + horizon}.")
+                         f"{lookback + horizon}; give a longer file or score every window with --split all.")
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size)
     m = evaluate(model.float().eval(), loader, "cpu" if not next(model.parameters()).is_cuda else None)
     return {"mse": m["mse"], "mae": m["mae"], "windows": m["samples"]}

@@ -243,3 +243,19 @@ def test_a_residual_cycle_trains_and_evaluates_at_the_timestamps_phase(vic_csv, 
     assert dm_odd.steps is None
     with pytest.raises(ValueError, match="residual cycle .* not a fixed duration"):
         check_data_fits(task.model, dm_odd)
+
+
+def test_eval_of_a_users_file_splits_it_by_ratio_and_bad_input_is_one_line(tmp_path, capsys):
+    from gatedzoo.data.timeseries import tslib_borders
+
+    need(ETTH1)
+    path = tmp_path / "short.csv"
+    load_frame("etth1").iloc[:5000].to_csv(path, index=False)  # shorter than ETTh1's 20 TSLib months
+    assert cli.main(["eval", "gateformer.etth1_96", "--data", str(path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    starts, ends = tslib_borders(5000, 96, "ratio", (0.7, 0.1, 0.2))
+    assert out["metrics"]["windows"] == ends[2] - starts[2] - 96 - 96 + 1
+    load_frame("etth1").iloc[:5000].drop(columns="OT").to_csv(path, index=False)
+    assert cli.main(["eval", "gateformer.etth1_96", "--data", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gatedzoo eval: the data has 6 variables") and "Traceback" not in err
