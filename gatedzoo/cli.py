@@ -79,6 +79,31 @@ def _model_size(name: str) -> tuple[int, float, dict]:
     return sum(p.numel() for p in model.parameters()), 0.0, model.zoo_config
 
 
+def _weights_folder(name: str) -> Path | None:
+    """The folder of ``local-dir:PATH``, of a folder path or of its ``model.safetensors``; `None` for zoo names."""
+    path = Path(name.removeprefix("local-dir:"))
+    if name.startswith("local-dir:") or path.is_dir() or path.suffix == ".safetensors":
+        return path if path.is_dir() else path.parent
+    return None
+
+
+def _folder_info(folder: Path) -> dict:
+    """What ``gatedzoo info`` shows for weights in a folder (written by ``save_pretrained`` / ``SaveZooWeights``):
+    the architecture's card entries and the folder's own config (metrics, data, provenance)."""
+    from gatedzoo.zoo import create_model, get_arch
+
+    model = create_model(str(folder))
+    cfg = model.zoo_config
+    a = get_arch(cfg["architecture"])
+    info = {"name": str(folder), "architecture": cfg["architecture"], "family": a.family, "task": cfg.get("task"),
+            "paper": a.paper, "license": cfg.get("license", a.license), "weights": str(folder),
+            "data": cfg.get("training_data", "-"), "metrics": cfg.get("metrics", {}), "recipe": cfg.get("recipe", "-")}
+    info.update({k: cfg[k] for k in ("fine_tuned_from", "adapted_from") if k in cfg})
+    size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file()) / 1e6
+    info["_size"] = (sum(p.numel() for p in model.parameters()), size, cfg)
+    return info
+
+
 def cmd_list(args) -> int:
     from gatedzoo.zoo import get_arch, list_models, model_info
 
@@ -103,12 +128,16 @@ def cmd_list(args) -> int:
 def cmd_info(args) -> int:
     from gatedzoo.zoo import model_info
 
+    folder = _weights_folder(args.name)
     try:
-        info = model_info(args.name)
-    except KeyError as err:
+        info = _folder_info(folder) if folder is not None else model_info(args.name)
+    except (KeyError, ValueError, FileNotFoundError) as err:
         print(f"gatedzoo info: {err.args[0]}", file=sys.stderr)
         return 2
-    params, mb, cfg = _model_size(info["weights"] if "weights" in info else info["architecture"])
+    if folder is not None:
+        params, mb, cfg = info.pop("_size")
+    else:
+        params, mb, cfg = _model_size(info["weights"] if "weights" in info else info["architecture"])
     info["parameters"] = params
     if "weights" in info:
         info["size_mb"] = round(mb, 2)

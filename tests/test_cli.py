@@ -59,6 +59,12 @@ def test_fit_then_eval_the_trained_weights(tmp_path, capsys, monkeypatch):
     assert main(["eval", f"local-dir:{out}", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert abs(result["metrics"]["accuracy"] - cfg["metrics"]["val/acc"]) < 1e-6
+    for name in (str(out), f"local-dir:{out}", str(out / "model.safetensors")):  # info reads a folder like eval
+        assert main(["info", name, "--json"]) == 0
+        info = json.loads(capsys.readouterr().out)
+        assert info["architecture"] == "toy_attention_classifier" and info["metrics"] == cfg["metrics"]
+        assert info["parameters"] > 1000 and info["usage"][0] == f"gatedzoo eval {out} --json"
+    assert main(["info", str(tmp_path / "no_such_folder" / "model.safetensors")]) == 2
 
 
 def test_print_config_resolves_the_recipe(tmp_path, capsys, monkeypatch):
