@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 from functools import partial
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -437,10 +438,28 @@ def _shipped_args(arch: str, tag: str) -> dict:
     return {k: v for k, v in args.items() if k not in ("mixer", "backend")}
 
 
+def _overlay_with_file_config(overlay: dict | None) -> dict | None:
+    """timm's ``pretrained_cfg_overlay=dict(file=...)`` pointing at gatedzoo weights: add the head size and class
+    names that the ``config.json`` beside the file records.
+
+    timm compares the cfg's ``num_classes`` with the model's and drops the file's classifier when they differ, so
+    without this a fine-tuned 3-class file loaded with ``num_classes=3`` would silently get a random head (the cfg
+    still says the shipped weights' 10). Entries the caller put in the overlay win.
+    """
+    if not overlay or not overlay.get("file"):
+        return overlay
+    config = Path(overlay["file"]).with_name("config.json")
+    if not config.is_file():
+        return overlay
+    saved = json.loads(config.read_text())
+    found = {"num_classes": saved.get("model_args", {}).get("num_classes"), "label_names": saved.get("label_names")}
+    return {**{k: v for k, v in found.items() if v is not None}, **overlay}
+
+
 def _create(arch: str, variant: str, size: str, pretrained: bool = False, **kwargs) -> GatedSwinRMT:
     """Build through timm's builder (pretrained cfg, weight loading with head / in_chans adaptation, features_only)."""
     cfg = kwargs.pop("pretrained_cfg", None)
-    overlay = kwargs.pop("pretrained_cfg_overlay", None)
+    overlay = _overlay_with_file_config(kwargs.pop("pretrained_cfg_overlay", None))
     tag = cfg if isinstance(cfg, str) else None
     entry = default_cfgs.get(arch)
     if tag is None and cfg is None and pretrained and entry is not None:

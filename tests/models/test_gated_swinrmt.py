@@ -286,3 +286,18 @@ def test_a_new_head_drops_the_source_label_names_and_metrics(tmp_path):
     x, y = fmnist_batch(32)
     with torch.no_grad():
         assert (rgb.eval()(x.repeat(1, 3, 1, 1)).argmax(-1) == y).float().mean() > 0.85
+
+
+def test_timm_overlay_file_of_a_finetuned_folder_keeps_its_head(tmp_path):
+    model = gatedzoo.create_model("gated_swinrmt_swat_tiny.fmnist", num_classes=3)
+    with torch.no_grad():
+        model.get_classifier().weight.normal_()  # stands in for fine-tuning: a head that is not the init
+    model.zoo_config["label_names"] = ["Trouser", "Bag", "Sneaker"]
+    model.save_pretrained(tmp_path / "ft3")
+    t = timm.create_model("gated_swinrmt_swat_tiny", pretrained=True, num_classes=3,
+                          pretrained_cfg_overlay=dict(file=str(tmp_path / "ft3" / "model.safetensors")))
+    torch.testing.assert_close(t.get_classifier().weight, model.get_classifier().weight)
+    assert t.pretrained_cfg["label_names"] == ["Trouser", "Bag", "Sneaker"]
+    x = torch.rand(2, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(t.eval()(x), model.eval()(x))
