@@ -47,6 +47,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from gatedzoo.data.flows import FlowDataModule
 from gatedzoo.io import write_json
@@ -62,9 +63,9 @@ SMALL = dict(conv_channels=[32, 64, 64], gru=64, gru2=32, conv2=32, tf_dim=64, t
 RECIPE = dict(lr=5e-4, weight_decay=5e-5, warmup_epochs=2, min_lr_ratio=0.05, batch_size=512, gamma=2.0,
               smoothing=0.01, aux_weight=0.05, noise_std=0.01, noise_p=0.3, patience=6, grad_clip=1.0)
 #: the settings a merged run must share with the run it extends (``--merge``)
-SAME_SETTINGS = ("epochs", "recipe", "widths", "limit", "holdout_keep_class")
+SAME_SETTINGS = ("epochs", "recipe", "widths", "limit", "holdout_keep_class", "ema")
 #: values of settings that runs recorded before the setting existed
-SETTING_DEFAULTS = {"holdout_keep_class": False}
+SETTING_DEFAULTS = {"holdout_keep_class": False, "ema": 0.0}
 #: leave-attack-types-out validation of the novelty rule: attack types with fewer than this share of the training
 #: split's rows are held out of training (rare types stand in for types never seen); fixed before any run
 HOLDOUT_SHARE = 0.01
@@ -114,7 +115,9 @@ def select_score(y, prob, task):
     return m["mcc"] if task == "binary" else m["macro_f1_multiclass"]
 
 
-def train_nn(model, data, task, counts, epochs, seed, device, log):
+def train_nn(model, data, task, counts, epochs, seed, device, log, ema: float = 0.0):
+    """Train with the recipe, select the epoch on validation; ``ema`` > 0 validates and keeps the exponential moving
+    average of the weights (decay ``ema`` per step, as ``gatedzoo.tasks.EMAWeights`` does for Lightning recipes)."""
     torch.manual_seed(seed)
     r = RECIPE
     (xt, ct, yt), (xv, cv, yv) = data["train"], data["val"]
@@ -133,6 +136,8 @@ def train_nn(model, data, task, counts, epochs, seed, device, log):
         return r["min_lr_ratio"] + (1 - r["min_lr_ratio"]) * 0.5 * (1 + math.cos(math.pi * t))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema), use_buffers=True) if ema > 0 else None
+    kept = average.module if average is not None else model
     gen = torch.Generator(device=device).manual_seed(seed)
     best, best_state, best_epoch, bad = -math.inf, None, -1, 0
     yv_np = yv.cpu().numpy()
@@ -153,9 +158,11 @@ def train_nn(model, data, task, counts, epochs, seed, device, log):
             nn.utils.clip_grad_norm_(model.parameters(), r["grad_clip"])
             opt.step()
             sched.step()
-        score = select_score(yv_np, predict(model, xv, cv).numpy(), task)
+            if average is not None:
+                average.update_parameters(model)
+        score = select_score(yv_np, predict(kept, xv, cv).numpy(), task)
         if score > best:
-            best, best_state, best_epoch, bad = score, copy.deepcopy(model.state_dict()), epoch, 0
+            best, best_state, best_epoch, bad = score, copy.deepcopy(kept.state_dict()), epoch, 0
         else:
             bad += 1
             if bad >= r["patience"]:
@@ -637,6 +644,8 @@ def main():
     ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                     help="only merge these results.json files (same settings, disjoint seeds) into --out")
     ap.add_argument("--plot", default="", help="only plot the shipped weights' KDDTest+ confusion matrices to this PNG")
+    ap.add_argument("--ema", type=float, default=0.0, help="compared networks validate and keep the exponential "
+                    "moving average of their weights, decay per step (0 = off; not with --novelty)")
     ap.add_argument("--limit", type=int, default=0, help="use only this many training rows (smoke tests)")
     ap.add_argument("--record-novelty", default="", metavar="MODEL", help="only write --out: MODEL (binary TCH-Net) "
                     "with the validated kNN novelty rule recorded in its config, scored on KDDTest+")
@@ -650,6 +659,9 @@ def main():
     if args.merge:
         print(merge_runs(args.merge, out))
         return None
+    if not 0.0 <= args.ema < 1.0 or (args.ema and args.novelty):
+        ap.error(f"--ema {args.ema}: give a decay in [0, 1) (0 = off), without --novelty (the novelty study trains "
+                 "without the average)")
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -671,6 +683,7 @@ def main():
            "first_seed": args.first_seed, "budget": args.budget, "novelty": nov_models, "novelty_seeds": nov_seeds,
            "novelty_tasks": nov_tasks, "models": models,
            "holdout_share": HOLDOUT_SHARE, "holdout_keep_class": args.holdout_keep_class, "fpr_grid": FPR_GRID,
+           "ema": args.ema,
            "knn_k": KNN_K}
     log(json.dumps(env))
     rows, nrows, t0 = [], [], time.time()
@@ -715,7 +728,8 @@ def main():
                 else:
                     model = build_model(model_name, margs, seed, device)
                     params = sum(p.numel() for p in model.parameters())
-                    val, epochs = train_nn(model, data, task, dm.class_counts, args.epochs, seed, device, log)
+                    val, epochs = train_nn(model, data, task, dm.class_counts, args.epochs, seed, device, log,
+                                           ema=args.ema)
                     prob = predict(model, data["test"][0], data["test"][1]).numpy()
                     extra = {"epochs": epochs}
                     trained[model_name] = model
