@@ -10,14 +10,17 @@ is refused, named); a gap inside a series is filled forward for the model's look
 
     fc = Forecaster("gateformer", h=48, input_size=96, max_epochs=3).fit(df)
     future = fc.predict()                               # the h steps after the end of df
-    cv = fc.cross_validation(df, n_windows=3)           # rolling-origin evaluation, no refit
+    cv = fc.cross_validation(df, n_windows=3)           # rolling-origin evaluation, no refit: optimistic here,
+                                                        # its windows are rows fit() selected the epoch on
     fc.plot(df, cv, path="forecast.png")
     fc.save("my_forecaster"); Forecaster.load("my_forecaster")
 """
 
 from __future__ import annotations
 
+import numbers
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +38,18 @@ from gatedzoo.data.timeseries import (
 )
 
 MODEL_COL = "Gateformer"
+
+
+def _count(name: str, value, meaning: str) -> int:
+    """``value`` as an ``int`` >= 1, or a ``ValueError`` naming ``name``, the value, the valid range and ``meaning``.
+
+    Integers (Python or NumPy) and integral floats (``24.0``) pass; ``bool``, text, ``2.5``, 0 and negatives do not.
+    """
+    integral = (isinstance(value, numbers.Integral) and not isinstance(value, bool)) or (
+        isinstance(value, float) and value.is_integer())
+    if not integral or value < 1:
+        raise ValueError(f"{name}={value!r} is invalid: give an integer >= 1 ({meaning}).")
+    return int(value)
 
 
 def to_wide(df, id_col: str = "unique_id", time_col: str = "ds", target_col: str = "y"):
@@ -114,6 +129,10 @@ class Forecaster:
                  id_col: str = "unique_id", time_col: str = "ds", target_col: str = "y"):
         from gatedzoo.zoo import create_model
 
+        if h is not None:
+            h = _count("h", h, "the number of steps to forecast")
+        if input_size is not None:
+            input_size = _count("input_size", input_size, "the number of past steps the model reads")
         if not 0.0 < val_size < 1.0:
             raise ValueError(f"val_size={val_size} must lie strictly between 0 and 1.")
         self.name, self.model_args = model, dict(model_args or {})
@@ -130,39 +149,48 @@ class Forecaster:
                            or Path(model).expanduser().is_dir())
         self.model = create_model(model, pretrained=True) if self.pretrained else None
         cfg = getattr(self.model, "zoo_config", {}) if self.model is not None else {}
-        self.h = int(h or cfg.get("horizon") or 96)
-        self.input_size = int(input_size or cfg.get("lookback") or 96)
+        self.h = h if h is not None else int(cfg.get("horizon") or 96)
+        self.input_size = input_size if input_size is not None else int(cfg.get("lookback") or 96)
         # a frequency given here wins; otherwise the data's (inferred at fit) or, before any fit, the weights'
         self.user_freq = freq
         self.freq = freq or cfg.get("freq") or None
         if self.model is not None and self.input_size != self.model.seq_len:
             raise ValueError(f"input_size={self.input_size} but the weights {model} look back {self.model.seq_len} "
                              "steps; drop input_size or train from 'gateformer'.")
-        self._wide = None
-        self._long_input = False
-        self._ids: dict = {}  # series column name -> the caller's unique_id (an int id stays an int)
+        self._wide = None  # the training data (wide), the default of predict / cross_validation
+        self._train_ids: dict | None = None  # its layout: see _frame
+        self._fit_dates = None  # (first, first validation target, last) timestamps of the training data
 
     # data handling
     def _frame(self, df):
-        """Wide checked frame from a long or wide DataFrame or a CSV path; remembers which layout came in.
+        """``(wide, ids)``: the wide checked frame from a long or wide DataFrame or a CSV path, and its layout.
 
-        Missing values stay NaN here (the truth of :meth:`cross_validation`); :meth:`_inputs` fills the model's
-        look-back.
+        ``ids`` is ``None`` for the wide layout, else (long) a dict series column name -> the caller's ``unique_id``
+        (an int id stays an int); ``df=None`` gives the training data and its layout. Nothing is remembered: each
+        call's output follows the layout of its own data. Columns of a long frame other than the id, time and target
+        columns are dropped with a warning (Gateformer reads no exogenous inputs). Missing values stay NaN here (the
+        truth of :meth:`cross_validation`); :meth:`_inputs` fills the model's look-back.
         """
         if df is None:
             if self._wide is None:
                 raise ValueError("no data: call fit(df) first or pass df=.")
-            return self._wide
+            return self._wide, self._train_ids
         if isinstance(df, (str, os.PathLike)):  # a wide CSV in the TSLib format
             df = load_frame(str(df), freq=self.user_freq, fill=False)
         id_col, time_col, target_col = self.cols
-        long = id_col in df.columns and target_col in df.columns
-        self._long_input = long
-        if long:
-            self._ids = {str(u): u for u in df[id_col].unique()}
-        wide = to_wide(df, *self.cols) if long else df.rename(columns={time_col: DATE}) if DATE not in df.columns \
-            else df
-        return check_frame(wide, source="DataFrame", target=str(wide.columns[-1]), freq=self.user_freq, fill=False)
+        if id_col in df.columns and target_col in df.columns:
+            extra = [str(c) for c in df.columns if c not in self.cols]
+            if extra:
+                warnings.warn(f"the long DataFrame's columns {extra[:10]} are ignored: Gateformer uses no exogenous "
+                              f"inputs, it forecasts each {target_col!r} from the past of all the series; drop them "
+                              "to silence this warning.", UserWarning, stacklevel=3)
+            ids = {str(u): u for u in df[id_col].unique()}
+            wide = to_wide(df, *self.cols)
+        else:
+            ids = None
+            wide = df.rename(columns={time_col: DATE}) if DATE not in df.columns else df
+        return check_frame(wide, source="DataFrame", target=str(wide.columns[-1]), freq=self.user_freq,
+                           fill=False), ids
 
     @staticmethod
     def _inputs(wide, variables) -> np.ndarray:
@@ -170,11 +198,12 @@ class Forecaster:
         window's look-back never reads a value after its cutoff; :func:`check_frame` refused leading gaps)."""
         return wide[variables].ffill().to_numpy(dtype=np.float64)
 
-    def _out(self, wide):
-        if not self._long_input:
+    def _out(self, wide, ids):
+        """Forecasts ``wide`` in the layout ``ids`` of :meth:`_frame` names (``None``: as they are)."""
+        if ids is None:
             return wide
         out = to_long(wide, MODEL_COL, self.cols[0], self.cols[1])
-        out[self.cols[0]] = out[self.cols[0]].map(self._ids)
+        out[self.cols[0]] = out[self.cols[0]].map(ids)
         return out
 
     def _scaler(self):
@@ -199,7 +228,7 @@ class Forecaster:
 
         from gatedzoo.tasks.forecasting import Forecasting
 
-        wide = self._frame(df)
+        wide, ids = self._frame(df)
         n_vars = wide.shape[1] - 1
         starts, ends = tslib_borders(len(wide), self.input_size, "ratio", (1.0 - self.val_size, self.val_size, 0.0))
         if ends[1] - starts[1] < self.input_size + self.h:
@@ -224,7 +253,8 @@ class Forecaster:
                                      ["state_dict"])
         self.model = task.model.cpu().eval()
         self.freq = self.user_freq or self.model.zoo_config.get("freq") or None
-        self._wide = wide
+        self._wide, self._train_ids = wide, ids
+        self._fit_dates = (wide[DATE].iloc[0], wide[DATE].iloc[ends[0]], wide[DATE].iloc[-1])
         return self
 
     def _data_freq(self, wide) -> str:
@@ -260,6 +290,9 @@ class Forecaster:
     def predict(self, df=None):
         """Forecast the ``h`` steps after the last row of ``df`` (default: the data given to :meth:`fit`).
 
+        Returns ``h`` rows per series in the layout of ``df`` (for ``df=None``, of the training data), whatever an
+        earlier call was given: long ``unique_id, ds, Gateformer`` or wide ``date`` + one column per series.
+
         The forecasts are stamped at the data's frequency, from the step after its last timestamp. Every series must
         be observed in the last row: trailing missing values would move the forecast's origin past the last
         observation and feed the look-back invented values, so they are refused (drop future rows with ``y = NaN``
@@ -269,7 +302,7 @@ class Forecaster:
 
         if self.model is None:
             raise ValueError("the forecaster has no weights: call fit(df) or load a pretrained model first.")
-        wide = self._frame(df)
+        wide, ids = self._frame(df)
         variables = self._check_vars(wide)
         if len(wide) < self.input_size:
             raise ValueError(f"predict needs the last input_size={self.input_size} rows; the data has {len(wide)}.")
@@ -288,7 +321,7 @@ class Forecaster:
         fc = self._forecast(self._inputs(wide, variables)[-self.input_size:], wide[DATE].iloc[-self.input_size], freq)
         dates = pd.date_range(wide[DATE].iloc[-1], periods=self.h + 1, freq=freq)[1:]
         order = [c for c in wide.columns if c != DATE]  # the caller's column order
-        return self._out(pd.DataFrame({DATE: dates, **{v: fc[:, variables.index(v)] for v in order}}))
+        return self._out(pd.DataFrame({DATE: dates, **{v: fc[:, variables.index(v)] for v in order}}), ids)
 
     def _check_h(self):
         if self.model.pred_len != self.h:
@@ -297,6 +330,20 @@ class Forecaster:
 
     def cross_validation(self, df=None, n_windows: int = 3, step_size: int | None = None):
         """Rolling-origin evaluation without refitting: ``n_windows`` forecasts whose last one ends at the data's end.
+
+        Args:
+            df: long or wide DataFrame or wide CSV path. Default: the data given to :meth:`fit`.
+            n_windows (int): number of forecast windows, >= 1. Default: ``3``.
+            step_size (int, Optional): rows between consecutive cutoffs, >= 1. Default: `None` (``h``: windows
+                back to back).
+
+        Not refitting means the model is the one :meth:`fit` made: windows on rows it was fitted on score it on data
+        it has seen. In particular ``fit(df)`` then ``cross_validation(df)`` evaluates on the last ``val_size`` rows
+        of ``df``, the rows early stopping and the checkpoint choice used, so the errors are optimistic (a
+        ``UserWarning`` says so when the windows overlap the training data). For an honest estimate, as
+        neuralforecast's refitting cross-validation gives, fit on the rows up to the first cutoff only, e.g.
+        ``Forecaster(...).fit(df[df.ds <= cutoff]).cross_validation(df)`` with ``cutoff`` the timestamp
+        ``h + (n_windows - 1) * step_size`` rows before the end.
 
         Returns the forecasts with the truth beside them: long ``unique_id, ds, cutoff, y, Gateformer``, or wide
         with ``cutoff`` and, per series, ``<name>`` (truth) and ``<name>_hat`` (forecast). The truth is the data as
@@ -308,17 +355,20 @@ class Forecaster:
 
         if self.model is None:
             raise ValueError("the forecaster has no weights: call fit(df) or load a pretrained model first.")
-        wide = self._frame(df)
+        n_windows = _count("n_windows", n_windows, "the number of forecast windows")
+        step = self.h if step_size is None else _count(
+            "step_size", step_size, f"the rows between two cutoffs; unset: h={self.h}, windows back to back")
+        wide, ids = self._frame(df)
         variables = self._check_vars(wide)
         self._check_h()
-        step = step_size or self.h
         values = self._inputs(wide, variables)
         truth = wide[variables].to_numpy(dtype=np.float64)  # NaN kept: missing truth must not be scored
         first = len(values) - self.h - (n_windows - 1) * step
-        if n_windows < 1 or first < self.input_size:
+        if first < self.input_size:
             raise ValueError(f"{n_windows} windows of h={self.h} every {step} steps need "
                              f"{self.input_size + self.h + (n_windows - 1) * step} rows; the data has {len(values)}.")
         freq = self._data_freq(wide)
+        self._warn_if_seen(wide[DATE].iloc[first], wide[DATE].iloc[-1], wide[DATE].iloc[first - 1])
         parts = []
         for k in range(n_windows):
             cut = first + k * step
@@ -329,12 +379,27 @@ class Forecaster:
                 part[v], part[f"{v}_hat"] = truth[cut:cut + self.h, i], fc[:, i]
             parts.append(part)
         out = pd.concat(parts, ignore_index=True)
-        if not self._long_input:
+        if ids is None:
             return out
         id_col, time_col, target_col = self.cols
-        rows = [pd.DataFrame({id_col: self._ids.get(v, v), time_col: out[DATE], "cutoff": out["cutoff"],
+        rows = [pd.DataFrame({id_col: ids.get(v, v), time_col: out[DATE], "cutoff": out["cutoff"],
                               target_col: out[v], MODEL_COL: out[f"{v}_hat"]}) for v in variables]
         return pd.concat(rows, ignore_index=True)
+
+    def _warn_if_seen(self, start, end, cutoff):
+        """One ``UserWarning`` when the cross-validation targets ``[start, end]`` overlap the rows :meth:`fit` used
+        (its training part, or its validation part, which chose the epoch); ``cutoff`` is the first cutoff."""
+        if self._fit_dates is None:
+            return
+        first, val_from, last = self._fit_dates
+        if start > last or end < first:
+            return
+        part = "validated on (they chose the epoch)" if end >= val_from else "trained on"
+        warnings.warn(f"cross_validation scores windows from {start} to {end}, rows that fit() {part}: it trained on "
+                      f"the rows before {val_from} and validated on those from {val_from} to {last}, so the errors "
+                      "are optimistic. For an honest evaluation fit a new Forecaster on the data up to the first "
+                      f"cutoff {cutoff} only (e.g. df[df.ds <= cutoff], df.date for a wide frame) and cross-validate "
+                      "that one.", UserWarning, stacklevel=3)
 
     # persistence and plots
     def save(self, path: str | os.PathLike) -> Path:
@@ -370,7 +435,7 @@ class Forecaster:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        wide = self._frame(df)
+        wide, _ = self._frame(df)
         id_col, time_col, target_col = self.cols
         if id_col in forecasts.columns:  # long -> wide forecasts (and cutoffs)
             keys = [time_col] + (["cutoff"] if "cutoff" in forecasts.columns else [])

@@ -1,5 +1,7 @@
 """The user layer: fit / predict / cross-validate / plot / save on a long (Nixtla-style) and a wide DataFrame."""
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -8,6 +10,9 @@ from gatedzoo.data.timeseries import load_frame
 from gatedzoo.forecast import MODEL_COL, Forecaster, to_long, to_wide
 
 TINY = dict(d_model=16, d_ff=32, n_heads=2, e_layers=1)
+# most tests cross-validate the module's forecaster on its own training data on purpose (same data, fast); the
+# warning this gives is checked in test_cross_validation_on_the_fitted_rows_says_it_is_optimistic
+pytestmark = pytest.mark.filterwarnings("ignore:cross_validation scores windows:UserWarning")
 
 
 @pytest.fixture(scope="module")
@@ -196,3 +201,50 @@ def test_integer_ids_come_back_as_integers_and_integer_ds_is_refused(long):
         Forecaster(freq=1)
     with pytest.raises(ValueError, match="same text"):
         to_wide(pd.concat([ids, long.assign(unique_id=long["unique_id"].map({"Temperature": "1", "Demand": "2"}))]))
+
+
+def test_bad_window_arguments_are_refused_naming_them(fc, long):
+    # 0 silently meant h, a negative step failed deep inside the model, n_windows=0 blamed the row count
+    for kwargs, name in [({"step_size": 0}, "step_size=0"), ({"step_size": -50}, "step_size=-50"),
+                         ({"step_size": 2.5}, "step_size=2.5"), ({"n_windows": 0}, "n_windows=0"),
+                         ({"n_windows": -1}, "n_windows=-1"), ({"n_windows": 1.5}, "n_windows=1.5")]:
+        with pytest.raises(ValueError, match=f"^{name} is invalid: give an integer >= 1"):
+            fc.cross_validation(long, **kwargs)
+    with pytest.raises(ValueError, match="step_size=0 .*unset: h=24"):
+        fc.cross_validation("no_such.csv", step_size=0)  # checked before the data is read
+    for h in (0, -24, 2.5, "24"):
+        with pytest.raises(ValueError, match=f"^h={h!r} is invalid: give an integer >= 1"):
+            Forecaster(h=h)
+    with pytest.raises(ValueError, match="^input_size=0 is invalid"):
+        Forecaster(input_size=0)
+    assert Forecaster(h=np.int64(24), input_size=48.0).h == 24  # integral values of other types pass
+
+
+def test_each_call_returns_the_layout_of_its_own_data(fc, long, wide):
+    # fitted on the long layout: a wide predict must not turn a later predict() (the training data) wide
+    assert list(fc.predict(wide.iloc[:2000]).columns) == ["date", "Temperature", "Demand"]
+    pred = fc.predict()
+    assert list(pred.columns) == ["unique_id", "ds", MODEL_COL]
+    pd.testing.assert_frame_equal(pred, fc.predict(long))
+    assert list(fc.cross_validation(wide, n_windows=1).columns)[:2] == ["date", "cutoff"]
+    assert list(fc.cross_validation(n_windows=1).columns) == ["unique_id", "ds", "cutoff", "y", MODEL_COL]
+
+
+def test_exogenous_columns_are_dropped_with_a_warning(fc, long):
+    exog = long.assign(holiday=0, price=np.linspace(0.0, 1.0, len(long)))
+    with pytest.warns(UserWarning, match=r"columns \['holiday', 'price'\] are ignored: Gateformer uses no exogenous"):
+        pred = fc.predict(exog)
+    pd.testing.assert_frame_equal(pred, fc.predict(long))
+
+
+def test_cross_validation_on_the_fitted_rows_says_it_is_optimistic(fc, long):
+    # fc was fitted on all of `long`: its last val_size rows chose the epoch, and these windows lie in them
+    with pytest.warns(UserWarning, match=r"rows that fit\(\) validated on .*optimistic.*fit a new Forecaster on the "
+                                         "data up to the first cutoff"):
+        fc.cross_validation(long, n_windows=2, step_size=24)
+    # windows after the training data (the honest set-up: fit on the rows up to the first cutoff) do not warn
+    later = to_long(load_frame("vic_elec").iloc[:3048].reset_index(drop=True), value_col="y")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cv = fc.cross_validation(later, n_windows=2, step_size=24)
+    assert cv["cutoff"].min() == long["ds"].max()
