@@ -162,6 +162,8 @@ ID_COLUMNS = ("Flow ID", "Destination IP", "Dst IP", "daddr", "Source Port", "Sr
 COUNT_LIKE = {*CANONICAL_FEATURES[:5], *CANONICAL_FEATURES[11:17], "src_bytes", "dst_bytes", "duration", "count",
               "srv_count", "dst_host_count", "dst_host_srv_count", "num_failed_logins", "num_compromised",
               "num_root", "num_file_creations", "num_shells", "num_access_files", "wrong_fragment", "hot"}
+#: NSL-KDD protocol values: a headerless file is recognised by them in its second column
+NSLKDD_PROTOCOLS = ("tcp", "udp", "icmp")
 
 
 def _norm(name: str) -> str:
@@ -263,8 +265,39 @@ def read_nslkdd(path: str | Path):
     return df[[c for c in NSLKDD_COLUMNS if c in names]]
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _headerless_nslkdd(path: Path) -> bool:
+    """Whether the first line of ``path`` is an NSL-KDD flow: 41-43 comma-separated fields, numbers except the
+    protocol (``tcp`` / ``udp`` / ``icmp``), service and flag at positions 1-3 and the label at position 41."""
+    import csv
+
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
+        first = f.readline()
+    tokens = [t.strip() for t in next(csv.reader([first]), [])]
+    if not 41 <= len(tokens) <= 43 or tokens[1].lower() not in NSLKDD_PROTOCOLS:
+        return False
+    numeric = [0, *range(4, 41), *range(42, len(tokens))]
+    return all(_is_number(tokens[i]) for i in numeric) and not any(_is_number(t) for t in tokens[2:4])
+
+
 def read_flow_table(path: str | Path, fmt: str = "auto"):
-    """Read a flow table and return ``(DataFrame, format)``; ``fmt="auto"`` guesses from the header."""
+    """Read a flow table and return ``(DataFrame, format)``.
+
+    Args:
+        path (str | Path): the table, comma-separated.
+        fmt (str): ``"nslkdd"``, ``"cicflowmeter"``, ``"argus"`` or ``"auto"``. ``"auto"`` reads NSL-KDD from a
+            ``.txt`` file, from a headerless file of any extension whose first line is an NSL-KDD flow (41-43
+            fields, protocol ``tcp`` / ``udp`` / ``icmp`` then service and flag as text at positions 1-3) and from a
+            header naming ``protocol_type`` and ``src_bytes``; Argus from a header with ``spkts`` and ``dpkts``;
+            CICFlowMeter otherwise. Default: ``"auto"``.
+    """
     import pandas as pd
 
     if fmt not in ("auto", *FORMATS):
@@ -272,7 +305,7 @@ def read_flow_table(path: str | Path, fmt: str = "auto"):
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"flow table {path} does not exist.")
-    if fmt == "nslkdd" or (fmt == "auto" and path.suffix == ".txt"):
+    if fmt == "nslkdd" or (fmt == "auto" and (path.suffix == ".txt" or _headerless_nslkdd(path))):
         return read_nslkdd(path), "nslkdd"
     df = pd.read_csv(path, low_memory=False)
     df.columns = [str(c).strip() for c in df.columns]
@@ -384,8 +417,15 @@ def to_canonical(df, fmt: str, only: set[str] | None = None):
     return num, cat, report
 
 
+def _label_strings(col):
+    """Label strings of a label column (pandas.Series ``[N]``): spaces and KDD Cup '99's trailing ``.``
+    (``normal.``, ``smurf.``) removed."""
+    return col.astype(str).str.strip().str.rstrip(".").str.strip()
+
+
 def attack_names(df) -> np.ndarray:
-    """The raw label string of every row (``"normal"``, ``"neptune"``, ...), stripped; ``[N]`` object array.
+    """The raw label string of every row (``"normal"``, ``"neptune"``, ...), stripped of spaces and of KDD Cup '99's
+    trailing ``.``; ``[N]`` object array.
 
     Raises:
         ValueError: no label column (one of ``label``, ``Label``, ``attack``).
@@ -393,11 +433,13 @@ def attack_names(df) -> np.ndarray:
     col = next((c for c in ("label", "Label", "attack") if c in df.columns), None)
     if col is None:
         raise ValueError("the table has no label column (one of 'label', 'Label', 'attack').")
-    return df[col].astype(str).str.strip().to_numpy(object)
+    return _label_strings(df[col]).to_numpy(object)
 
 
 def labels_of(df, fmt: str, task: str) -> np.ndarray:
-    """Integer labels: binary 0 = normal / benign, 1 = attack; ``"5class"`` indexes :data:`CATEGORIES_5`.
+    """Integer labels ``[N]`` int64: binary 0 = normal / benign, 1 = attack; ``"5class"`` indexes
+    :data:`CATEGORIES_5`. Label strings are read without surrounding spaces and without KDD Cup '99's trailing ``.``
+    (``normal.`` is normal, ``smurf.`` is ``smurf``).
 
     Raises:
         ValueError: no label column, or (5-class) an attack name without a category.
@@ -406,7 +448,7 @@ def labels_of(df, fmt: str, task: str) -> np.ndarray:
     if col is None:
         raise ValueError(f"the {fmt} table has no label column (one of 'label', 'Label', 'attack'); "
                          "add it, or score unlabelled flows with gatedzoo.tasks.flows.predict_table.")
-    raw = df[col].astype(str).str.strip()
+    raw = _label_strings(df[col])
     benign = raw.str.lower().isin(("normal", "benign", "0"))
     if task == "binary":
         return (~benign).to_numpy(np.int64)
@@ -418,6 +460,41 @@ def labels_of(df, fmt: str, task: str) -> np.ndarray:
         raise ValueError(f"attack names without a 5-class category: {unknown[:10]}; add them to "
                          "gatedzoo.data.flows.ATTACK_CATEGORY (name -> DoS/Probe/R2L/U2R) or use task='binary'.")
     return cats.map({c: i for i, c in enumerate(CATEGORIES_5)}).to_numpy(np.int64)
+
+
+def _check_nslkdd_ranges(num) -> None:
+    """Refuse NSL-KDD values out of range: every numeric NSL-KDD column is a count, a size, a duration or a 0/1 flag
+    (never negative), and the ``*_rate`` columns are shares in [0, 1].
+
+    Args:
+        num (pandas.DataFrame): ``[N, F]`` numeric columns of :func:`to_canonical` for an NSL-KDD table (canonical
+            names and ``nslkdd:`` extras); columns derived from others or zero-filled are not checked.
+
+    Raises:
+        ValueError: each offending column under its NSL-KDD name, with its count, first rows (the table's index) and
+            a value, and how to fix the file.
+    """
+    source = {v: k for k, v in NSLKDD_MAP.items()}
+    bad = []
+    for c in num.columns:
+        name = c[len("nslkdd:"):] if c.startswith("nslkdd:") else source.get(c)
+        if name is None:
+            continue
+        v = num[c].to_numpy(np.float64) / UNIT_SCALE["nslkdd"].get(c, 1.0)  # the file's unit
+        rate = name.endswith("_rate")
+        odd = (v < 0) | (v > 1) if rate else v < 0
+        if odd.any():
+            rows = num.index[odd]
+            what = "outside [0, 1]" if rate else "negative"
+            bad.append(f"{name!r}: {len(rows)} {what} value(s) such as {v[odd][0]:g}, rows {rows[:5].tolist()}"
+                       f"{' ...' if len(rows) > 5 else ''}")
+    if bad:
+        raise ValueError(
+            f"negative values or rates outside [0, 1] in NSL-KDD columns (rows by the table's index, from 0 for a "
+            f"file): {'; '.join(bad[:6])}. "
+            "NSL-KDD counts, sizes and durations cannot be negative and its *_rate columns are shares in [0, 1]: "
+            "the file is corrupted or its columns are shifted; fix those cells or drop those rows, e.g. "
+            "df = df[(df[COLUMN] >= 0)] (and <= 1 for a rate).")
 
 
 class FlowPreprocessor:
@@ -452,8 +529,9 @@ class FlowPreprocessor:
         self._check_values(num)
         return num, cat, report
 
-    @staticmethod
-    def _check_values(num) -> None:
+    def _check_values(self, num) -> None:
+        """Refuse NaN / infinite values, negative counts and (NSL-KDD) rates outside [0, 1] in ``num`` (the
+        ``[N, F]`` numeric DataFrame of :func:`to_canonical`)."""
         values = num.to_numpy(np.float64)
         bad = ~np.isfinite(values)
         if bad.any():
@@ -462,10 +540,13 @@ class FlowPreprocessor:
             raise ValueError(f"{len(rows)} flows have NaN or infinite values in {cols[:6]} (rows from 0: "
                              f"{rows[:5].tolist()}{' ...' if len(rows) > 5 else ''}); drop or impute those rows first "
                              "(CICFlowMeter writes 'Infinity' for rates of zero-length flows).")
+        if self.fmt == "nslkdd":  # every NSL-KDD column by its own name, with rows
+            _check_nslkdd_ranges(num)
         neg = [c for c in num.columns if c.split(":")[-1] in COUNT_LIKE and (num[c].to_numpy() < 0).any()]
         if neg:
             raise ValueError(f"negative values in count/size columns {neg[:6]}; counts and byte sizes cannot be "
                              "negative: the file is corrupted or a column is mis-mapped.")
+
 
     def fit(self, df) -> CoverageReport:
         """Fit on a training table (raw columns of ``self.fmt``); returns the coverage report."""
@@ -753,12 +834,15 @@ class FlowDataModule(L.LightningDataModule):
         max_train_rows (int, Optional): keep this many training-table rows (quick runs and tests) before the split:
             a random subset with ``window=1``, the earliest flows in time order (file order without time stamps)
             with ``window > 1``, so that windows stay consecutive. Default: `None` (all).
+        load_test (bool): read the test table in :meth:`setup`. `False` builds the training and validation splits
+            only, without reading (or fetching) any test file: what the novelty guard's reference needs
+            (:func:`gatedzoo.tasks.flows.rebuild_novelty_guard`). Default: `True`.
     """
 
     def __init__(self, train_path: str | None = None, test_path: str | None = None, format: str = "nslkdd",
                  task: str = "binary", val_fraction: float = 0.2, window: int = 1, batch_size: int = 512,
                  seed: int = 0, preprocessor_from: str | None = None, num_workers: int = 0,
-                 max_train_rows: int | None = None, time_format: str | None = None):
+                 max_train_rows: int | None = None, time_format: str | None = None, load_test: bool = True):
         super().__init__()
         if task not in ("binary", "5class"):
             raise ValueError(f"task={task!r}; use 'binary' or '5class'.")
@@ -767,7 +851,7 @@ class FlowDataModule(L.LightningDataModule):
         self.train_path, self.test_path, self.format, self.task = train_path, test_path, format, task
         self.val_fraction, self.window, self.batch_size, self.seed = val_fraction, window, batch_size, seed
         self.preprocessor_from, self.num_workers, self.max_train_rows = preprocessor_from, num_workers, max_train_rows
-        self.time_format = time_format
+        self.time_format, self.load_test = time_format, load_test
         self.pre: FlowPreprocessor | None = None
         self.class_counts: list[int] = []
         self.report: CoverageReport | None = None
@@ -808,7 +892,12 @@ class FlowDataModule(L.LightningDataModule):
         path, self.train_name = self._train_file()
         df, fmt = read_flow_table(path, self.format)
         # both tables are read (and their time stamps parsed) before any fitting, so bad input stops the run first
-        test = Path(self.test_path) if self.test_path else (fetch(NSLKDD_FILES["test"]) if fmt == "nslkdd" else None)
+        if not self.load_test:
+            test = None
+        elif self.test_path:
+            test = Path(self.test_path)
+        else:
+            test = fetch(NSLKDD_FILES["test"]) if fmt == "nslkdd" else None
         tdf = None if test is None else read_flow_table(test, fmt)[0]
         ty = None if tdf is None else labels_of(tdf, fmt, self.task)
         windowed = self.window > 1
@@ -873,7 +962,8 @@ class FlowDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if split not in self.datasets:
-            raise ValueError(f"no {split} table: pass test_path to the data module.")
+            why = "pass test_path to the data module" if self.load_test else "the module was built with load_test=False"
+            raise ValueError(f"no {split} table: {why}.")
         # training drops a last batch that could hold a single flow (BatchNorm needs two); evaluation keeps every flow
         return DataLoader(self.datasets[split], batch_size=self.batch_size, shuffle=shuffle,
                           num_workers=self.num_workers, drop_last=shuffle)

@@ -304,7 +304,8 @@ def rebuild_novelty_guard(model):
     Shipped weights carry the rule (score, ``k``, false-alarm rate, the threshold it gave) and how its reference was
     drawn (training table, split), not the reference flows themselves, which are rows of the training data: they are
     re-read from the data directory (NSL-KDD files are fetched with their sha256 when online) and the threshold is
-    recomputed and checked against the recorded one. ``gatedzoo eval NAME --novelty`` calls this.
+    recomputed and checked against the recorded one. Only the training / validation split of that file is read: no
+    test table is needed or loaded. ``gatedzoo eval NAME --novelty`` calls this.
     """
     from gatedzoo.data.flows import NSLKDD_FILES, FlowDataModule, fetch
 
@@ -316,7 +317,8 @@ def rebuild_novelty_guard(model):
     known = {f.relpath: f for f in NSLKDD_FILES.values()}
     if ref["train_path"] in known:  # a data-directory file: its local copy, verified (or downloaded when online)
         ref["train_path"] = str(fetch(known[ref["train_path"]]))
-    guard = fit_novelty_guard(model, FlowDataModule(**ref), rule["false_alarm_rate"], rule["k"])
+    # the guard's reference and calibration are the training / validation split: the test table is never read
+    guard = fit_novelty_guard(model, FlowDataModule(**ref, load_test=False), rule["false_alarm_rate"], rule["k"])
     model.zoo_config["novelty_rule"] = rule  # the recorded rule, with its notes and metrics, stays the model's
     recorded = rule.get("threshold")
     if recorded is not None and not math.isclose(float(guard.threshold), recorded, rel_tol=1e-9):

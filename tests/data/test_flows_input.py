@@ -11,6 +11,7 @@ from gatedzoo.data.flows import (
     NSLKDD_FILES,
     FlowDataModule,
     FlowPreprocessor,
+    attack_names,
     labels_of,
     read_flow_table,
     table_windows,
@@ -199,3 +200,53 @@ def test_spaced_cicflowmeter_names_unused_nan_and_index_columns(test_df, caplog)
     np.testing.assert_array_equal(x, x2)
     np.testing.assert_array_equal(c, c2)
     np.testing.assert_array_equal(table_windows(spaced, "cicflowmeter", 4), table_windows(table, "cicflowmeter", 4))
+
+
+# --- KDD Cup '99 labels, headerless .csv files, value ranges --------------------------------------------------------
+
+def test_kdd99_labels_with_a_trailing_dot_are_their_names(test_df, tmp_path):
+    rows = test_df.head(300).drop(columns="difficulty")
+    dotted = rows.assign(label=rows["label"] + ".")  # KDD Cup '99 writes 'normal.', 'smurf.'
+    path = tmp_path / "kdd99.txt"
+    dotted.to_csv(path, header=False, index=False)
+    df, fmt = read_flow_table(path)
+    assert fmt == "nslkdd" and df["label"].str.endswith(".").all()
+    for task in ("binary", "5class"):
+        np.testing.assert_array_equal(labels_of(df, fmt, task), labels_of(rows, "nslkdd", task))
+    assert 0.3 < labels_of(df, fmt, "binary").mean() < 0.7
+    assert list(attack_names(df)) == list(rows["label"])
+
+
+def test_headerless_nslkdd_csv_is_detected_by_its_first_flow(test_df, tmp_path):
+    rows = test_df.head(200)
+    for n in (43, 42, 41):
+        path = tmp_path / f"my_test_{n}.csv"
+        rows[list(NSLKDD_COLUMNS[:n])].to_csv(path, header=False, index=False)
+        df, fmt = read_flow_table(path)
+        assert fmt == "nslkdd" and df.shape == (200, n) and list(df.columns) == list(NSLKDD_COLUMNS[:n])
+        pd.testing.assert_frame_equal(df, rows[list(NSLKDD_COLUMNS[:n])].reset_index(drop=True), check_dtype=False)
+    table, _ = cic_table(rows)  # a CICFlowMeter table (its header names columns) stays one
+    table.to_csv(tmp_path / "cic.csv", index=False)
+    assert read_flow_table(tmp_path / "cic.csv")[1] == "cicflowmeter"
+
+
+def test_negative_counts_and_rates_out_of_range_are_refused_by_name(test_df, tmp_path):
+    rows = test_df.head(300).astype(dict.fromkeys(("urgent", "num_outbound_cmds", "serror_rate", "same_srv_rate",
+                                                   "land"), float))
+    pre = FlowPreprocessor("nslkdd")
+    pre.fit(test_df.iloc[300:1300])
+    for col, value, what in (("urgent", -4, "negative"), ("num_outbound_cmds", -7, "negative"),
+                             ("land", -1, "negative"), ("serror_rate", 1.5, r"outside \[0, 1\]"),
+                             ("same_srv_rate", -0.5, r"outside \[0, 1\]")):
+        bad = rows.copy()
+        bad.loc[[3, 8], col] = value
+        path = tmp_path / f"bad_{col}.csv"
+        bad.to_csv(path, header=False, index=False)
+        df, _ = read_flow_table(path)
+        want = rf"'{col}': 2 {what} value\(s\) such as {value:g}, rows \[3, 8\].*drop those rows"
+        with pytest.raises(ValueError, match=want):
+            FlowPreprocessor("nslkdd").fit(df)
+        with pytest.raises(ValueError, match=want):
+            pre.transform(df)
+    x, _, _ = pre.transform(rows)  # the real rows pass: every rate in [0, 1], no negative count
+    assert x.shape[0] == 300
