@@ -274,3 +274,32 @@ def test_rebuild_novelty_guard_from_the_recorded_rule(tmp_path, monkeypatch):
     threshold = float(user.novelty.threshold)
     user.attach_novelty(None)
     assert float(rebuild_novelty_guard(user).threshold) == threshold
+
+
+def test_novelty_on_a_user_file_reads_no_test_file(tmp_path, monkeypatch):
+    train20, test = _need("train20"), _need("test")
+    dm = FlowDataModule(task="binary", max_train_rows=1500)
+    dm.setup("fit")
+    model = create_model("tchnet", **TINY, **dm.model_args())
+    model.zoo_config.update(dm.zoo_metadata())
+    threshold = float(fit_novelty_guard(model, dm, false_alarm_rate=0.2, k=3).threshold)
+    model.attach_novelty(None)
+    model.save_pretrained(tmp_path / "w")
+    mine = tmp_path / "mine.txt"
+    read_nslkdd(test).head(300).to_csv(mine, header=False, index=False)
+    # a data directory with the training file only, offline: KDDTest+ can be neither found nor downloaded
+    (tmp_path / "data" / "nsl_kdd").mkdir(parents=True)
+    (tmp_path / "data" / "nsl_kdd" / train20.name).symlink_to(train20)
+    monkeypatch.setenv("GATEDZOO_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("GATEDZOO_OFFLINE", "1")
+    assert not NSLKDD_FILES["test"].path().exists()
+    loaded = create_model(str(tmp_path / "w"))
+    assert float(rebuild_novelty_guard(loaded).threshold) == threshold
+    loaded.attach_novelty(None)
+    got = evaluate_flows(loaded, data=str(mine), novelty=True)
+    assert loaded.novelty is not None and got["n"] == 300 and "novelty_flagged" in got
+    only = FlowDataModule(task="binary", max_train_rows=1500, load_test=False)
+    only.setup("fit")
+    assert set(only.datasets) == {"train", "val"}
+    with pytest.raises(ValueError, match="load_test=False"):
+        only.test_dataloader()
