@@ -187,7 +187,7 @@ def check_frame(df, source: str = "frame", target: str | None = None, columns: l
     if not dates.is_monotonic_increasing or dates.duplicated().any():
         raise ValueError(f"{source}: 'date' must increase strictly (sorted, no duplicates); sort the rows by date and "
                          "drop repeated timestamps.")
-    check_frequency(dates, freq, source)
+    found = check_frequency(dates, freq, source)
     variates = [c for c in df.columns if c != DATE]
     if columns is not None:
         missing = [c for c in columns if c not in variates]
@@ -236,6 +236,7 @@ def check_frame(df, source: str = "frame", target: str | None = None, columns: l
         out[[str(c) for c in variates]] = out[[str(c) for c in variates]].ffill()
     if len(out) < min_rows:
         raise ValueError(f"{source}: {len(out)} rows; at least {min_rows} are needed.")
+    out.attrs["freq"] = found or ""  # the checked frequency, so readers need not infer it again
     return out
 
 
@@ -459,15 +460,13 @@ class TimeSeriesDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.sets:
             return
-        import pandas as pd
-
         df = self.load()
         values = df.drop(columns=[DATE]).to_numpy(dtype=np.float64)
         self.variables = [c for c in df.columns if c != DATE]
         self.n_vars = len(self.variables)
         self.dates = df[DATE]
         if self.freq is None:
-            self.freq = pd.infer_freq(df[DATE].iloc[: min(len(df), 1000)]) or ""
+            self.freq = df.attrs.get("freq", "")
         self.starts, self.ends = tslib_borders(len(df), self.seq_len, self.split, self.ratios)
         need = self.seq_len + self.pred_len
         train = values[self.starts[0]:self.ends[0]]
