@@ -29,20 +29,32 @@ PAPER = "Lan & Oermann, Gateformer: Advancing Multivariate Time Series Forecasti
 class InstanceNorm(nn.Module):
     """Per-sample, per-variate normalisation over time (RevIN without the affine part), undone on the forecast.
 
-    The mean is detached (it only shifts the series); the standard deviation keeps its gradient, as in the paper's
-    code. ``eps`` is added to the (biased) variance.
+    The series is shifted by its centre and divided by its standard deviation over the look-back. The centre is
+    the look-back mean (RevIN, the paper's code) or, with ``center="last"``, the last observed value (the
+    subtraction of NLinear, Zeng et al. 2023): a model that outputs zeros then repeats the last value, the strong
+    baseline of random-walk-like series such as exchange rates. The centre is detached (it only shifts the
+    series); the standard deviation keeps its gradient, as in the paper's code. ``eps`` is added to the (biased)
+    variance.
+
+    Args:
+        eps (float): variance floor. Default: ``1e-5``.
+        center (str): ``"mean"`` (paper) or ``"last"``. Default: ``"mean"``.
     """
 
-    def __init__(self, eps: float = 1e-5):
+    CENTERS = ("mean", "last")
+
+    def __init__(self, eps: float = 1e-5, center: str = "mean"):
         super().__init__()
-        self.eps = eps
+        if center not in self.CENTERS:
+            raise ValueError(f"Gateformer: center={center!r} must be one of {self.CENTERS}.")
+        self.eps, self.center = eps, center
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``x`` ``[B, L, N]`` -> ``(normalised x, mean [B, 1, N], std [B, 1, N])``."""
+        """``x`` ``[B, L, N]`` -> ``(normalised x, centre [B, 1, N], std [B, 1, N])``."""
         mean = x.mean(1, keepdim=True).detach()
-        x = x - mean
-        std = torch.sqrt(x.var(1, keepdim=True, unbiased=False) + self.eps)
-        return x / std, mean, std
+        std = torch.sqrt((x - mean).var(1, keepdim=True, unbiased=False) + self.eps)
+        shift = mean if self.center == "mean" else x[:, -1:].detach()
+        return (x - shift) / std, shift, std
 
 
 def sinusoidal_table(length: int, dim: int) -> torch.Tensor:
@@ -166,6 +178,9 @@ class Gateformer(ZooMixin, nn.Module):
         cycle_len (int): period of a learned residual cycle (:class:`RecurrentCycle`, from CycleNet), in steps;
             ``0`` turns it off (the paper's model). With a cycle, ``forward`` needs each window's time ``step``, which
             the data layer supplies for data with a regular frequency. Default: ``0``.
+        center (str): what the instance normalisation subtracts (:class:`InstanceNorm`): ``"mean"`` of the
+            look-back (paper) or its ``"last"`` value (NLinear's; the forecast is then a learned change from the
+            last observation). Default: ``"mean"``.
 
     ``forward`` returns the forecast; :meth:`gates` returns the two fusion gates for inspection.
     """
@@ -190,6 +205,7 @@ class Gateformer(ZooMixin, nn.Module):
         backend: str = "auto",
         attn_dropout: float | None = 0.0,
         cycle_len: int = 0,
+        center: str = "mean",
     ):
         super().__init__()
         if not isinstance(cycle_len, int) or cycle_len < 0:
@@ -208,7 +224,7 @@ class Gateformer(ZooMixin, nn.Module):
         self.seq_len, self.pred_len, self.n_vars = seq_len, pred_len, n_vars
         # the window the weights take and give, whatever a loaded config said (a pred_len override changes it)
         self.zoo_config = {"lookback": seq_len, "horizon": pred_len}
-        self.norm = InstanceNorm()
+        self.norm = InstanceNorm(center=center)
         self.global_embed = nn.Linear(seq_len, d_model)
         self.patch_embed = PatchEmbedding(seq_len, d_model, patch_len, stride, dropout)
         self.temporal = nn.ModuleList(
@@ -311,7 +327,7 @@ def gateformer(**kwargs) -> Gateformer:
     """Gateformer multivariate forecaster (look-back 96 -> horizon 96 by default; see :class:`Gateformer`)."""
     # dotted CLI overrides of the untyped model_args dict (--model.init_args.model_args.n_vars 3) arrive as text
     for key, value in kwargs.items():
-        if isinstance(value, str) and key not in ("variate_activation", "variate_gate", "backend"):
+        if isinstance(value, str) and key not in ("variate_activation", "variate_gate", "backend", "center"):
             try:
                 kwargs[key] = float(value) if key == "dropout" else int(value)
             except ValueError:

@@ -171,3 +171,24 @@ def test_a_horizon_override_updates_the_configs_window_and_drops_the_scores():
     m = gatedzoo.create_model("gateformer.etth1_96", pretrained=True, pred_len=48)
     assert (m.zoo_config["lookback"], m.zoo_config["horizon"]) == (96, 48)
     assert "metrics" not in m.zoo_config and m.zoo_config["adapted_from"]["source_metrics"]["test/mse"] > 0
+
+
+def test_last_value_centre_forecasts_changes_from_the_last_observation(windows):
+    model = small(center="last")
+    z, shift, std = model.norm(windows)
+    torch.testing.assert_close(shift, windows[:, -1:])
+    torch.testing.assert_close(z * std + shift, windows)
+    # the scale is the paper's (standard deviation about the mean); only the shift differs
+    mean = windows.mean(1, keepdim=True)
+    torch.testing.assert_close(std, ((windows - mean).square().mean(1, keepdim=True) + 1e-5).sqrt())
+    want = model.head(model.encode((windows - windows[:, -1:]) / std)).transpose(1, 2) * std + windows[:, -1:]
+    torch.testing.assert_close(model(windows), want)
+    # a head that outputs zeros repeats the last value: the random-walk baseline
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.zero_()
+    torch.testing.assert_close(model(windows), windows[:, -1:].expand(-1, 24, -1))
+    # a CLI override arrives as text and stays text; an unknown centre is refused
+    assert gatedzoo.create_model("gateformer", n_vars=2, center="last").norm.center == "last"
+    with pytest.raises(ValueError, match=r"center='median' must be one of \('mean', 'last'\)"):
+        small(center="median")
