@@ -270,6 +270,8 @@ class TCHNet(ZooMixin, nn.Module):
                 args.pop("novelty", None)
             else:
                 args["novelty"] = guard.config()
+        if hasattr(self, "zoo_init_args"):  # config.json's record of the constructor call says the same
+            self.zoo_init_args["novelty"] = None if guard is None else guard.config()
 
     def _inputs(self, x_num: torch.Tensor, x_cat: torch.Tensor | None) -> torch.Tensor:
         if x_num.ndim == 2:
@@ -317,8 +319,13 @@ class TCHNet(ZooMixin, nn.Module):
         return logits
 
     def reset_classifier(self, num_classes: int) -> None:
+        """A new, untrained output layer of ``num_classes`` (0: none, the head returns its features)."""
         self.num_classes = num_classes
         self.head.fc = nn.Linear(self.head.skip.out_features, num_classes) if num_classes > 0 else nn.Identity()
+        # the constructor call config.json records must build this head, not the one it replaced
+        for args in (getattr(self, "zoo_config", {}).get("model_args"), getattr(self, "zoo_init_args", None)):
+            if args is not None:
+                args["num_classes"] = num_classes
 
 
 class GatedFusionClassifier(ZooMixin, nn.Module):

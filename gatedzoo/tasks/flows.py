@@ -152,6 +152,15 @@ class FlowClassification(ZooTask):
         if self.hparams.class_weighting:
             self.alpha = torch.tensor(class_weights(dm.class_counts), dtype=torch.float32)
 
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        if getattr(self.model, "novelty", None) is not None:
+            # its reference flows were scaled by the loaded weights' preprocessing (refitted here) and its threshold
+            # set for their classifier: kept, it would flag the new model's flows against another scale
+            log.warning("fine-tuning: the loaded weights' novelty guard is dropped (it belongs to them); fit one for "
+                        "the trained weights with gatedzoo.tasks.flows.fit_novelty_guard(model, datamodule).")
+            self.model.attach_novelty(None)
+
     def _loss(self, batch):
         x, c, y = batch
         if self.training and self.hparams.noise_std > 0 and torch.rand(()) < self.hparams.noise_p:
@@ -333,27 +342,33 @@ def rebuild_novelty_guard(model):
 def evaluate_flows(model, data: str | None = None, split: str = "test", novelty: bool = False) -> dict[str, float]:
     """Score a flow model on its test table (NSL-KDD ``KDDTest+``) or on ``data`` (a table in its format).
 
-    A ``data`` table without a label column (an unlabelled 41-column NSL-KDD file, say) gets predictions, not
-    metrics: ``n`` and the share of flows predicted as attacks (``predicted_attack_share``), with a warning;
-    :func:`predict_table` gives the per-flow scores.
+    Every flow of the table is scored: ``split`` must be ``"test"`` (a flow table has no other part to choose; a
+    ``data`` file is never split). A ``data`` table without a label column (an unlabelled 41-column NSL-KDD file,
+    say) gets predictions, not metrics: ``n`` and the share of flows predicted as attacks
+    (``predicted_attack_share``), with a warning; :func:`predict_table` gives the per-flow scores.
 
     ``novelty``: first rebuild the novelty guard the model's config records (:func:`rebuild_novelty_guard`). With a
     guard attached, the metrics are the guarded detector's, followed by the classifier's own (``classifier_*``),
     the share of flows only the guard flagged (``novelty_flagged``) and the false alarms on normal flows of both.
     """
-    from gatedzoo.data.flows import NSLKDD_FILES, fetch, labels_of, read_flow_table
+    from gatedzoo.data.flows import NSLKDD_FILES, fetch, label_column, labels_of, read_flow_table
 
     cfg = model.zoo_config
     fmt = cfg.get("preprocessing", {}).get("format", "nslkdd")
+    if split != "test":
+        # refused, not ignored: the metrics would be labelled with a split they were not computed on
+        raise ValueError(f"split={split!r}: a flow model is scored on every flow of one table, its test table "
+                         "(NSL-KDD models: KDDTest+) or the --data file, which is never split; leave --split out. To "
+                         "score a part of your flows, write that part to its own file and pass it as --data.")
     if novelty and getattr(model, "novelty", None) is None:
         rebuild_novelty_guard(model)
     if data is None:
-        if split != "test" or fmt != "nslkdd":
-            raise ValueError(f"no default {split} table for a {fmt} model; pass --data PATH.")
+        if fmt != "nslkdd":
+            raise ValueError(f"no default test table for a {fmt} model; pass --data PATH.")
         data = str(fetch(NSLKDD_FILES["test"]))
     df, fmt = read_flow_table(data, fmt)
     task = cfg.get("flow_task", "binary")
-    if not any(c in df.columns for c in ("label", "Label", "attack")):  # the columns labels_of reads
+    if label_column(df) is None:
         prob = predict_table(model, df, fmt)
         log.warning("%s has no label column: predictions only, no metrics (per-flow scores: "
                     "gatedzoo.tasks.flows.predict_table).", data)
