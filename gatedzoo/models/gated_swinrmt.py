@@ -98,7 +98,7 @@ class Stem(nn.Module):
         super().__init__()
         if stride not in (2, 4):
             raise ValueError(f"Gated-SwinRMT: stem_stride={stride}; use 4 (224-pixel images) or 2 (small images).")
-        self.in_chans, self.min_size = in_chans, min_size or stride
+        self.in_chans, self.stride, self.min_size = in_chans, stride, min_size or stride
         strides, chans = (2, 1, stride // 2, 1), (dim // 2, dim // 2, dim, dim)
         layers, prev = [], in_chans
         for i, (s, c) in enumerate(zip(strides, chans)):
@@ -119,9 +119,12 @@ class Stem(nn.Module):
                 f"timm.create_model(name, pretrained=True, in_chans={x.shape[1]}) adapts the stem weights."
             )
         if min(x.shape[-2:]) < self.min_size:
+            # stem_stride=2 is the smallest stem: advising it to a model that has it would send the user in a circle
+            other = "or build the model with stem_stride=2 or fewer stages for small images" if self.stride == 4 \
+                else "this model already has the small-image stem, stem_stride=2; fewer stages would lower the minimum"
             raise ValueError(f"Gated-SwinRMT: images of {x.shape[-2]}x{x.shape[-1]} pixels are smaller than the "
                              f"network's total stride {self.min_size}; resize them to at least {self.min_size} pixels "
-                             "a side (or use stem_stride=2 / fewer stages for small images).")
+                             f"a side ({other}).")
         return self.conv(x)
 
 
@@ -278,6 +281,12 @@ class Stage(nn.Module):
         return x.permute(0, 3, 1, 2).contiguous()
 
 
+def _check_pool(global_pool: str) -> str:
+    if global_pool not in ("avg", ""):
+        raise ValueError(f"Gated-SwinRMT: global_pool={global_pool!r}; use 'avg' or '' (no pooling).")
+    return global_pool
+
+
 class GatedSwinRMT(ZooMixin, nn.Module):
     """Gated-SwinRMT image classifier / backbone with timm's model API.
 
@@ -293,7 +302,9 @@ class GatedSwinRMT(ZooMixin, nn.Module):
         stem_stride (int): 4 for 224-pixel images, 2 for small (28-32 pixel) images. Default: ``4``.
         drop_rate (float): dropout before the classifier. drop_path_rate (float): stochastic depth (linear rule).
         layer_scale (float, Optional): LayerScale init (``None``: off). decay_init (float): RMT's ``initial_value``.
-        global_pool (str): ``"avg"`` or ``""`` (no pooling). backend (str): attention backend. Default: ``"auto"``.
+        global_pool (str): ``"avg"``, or ``""``: no pooling, the classifier scores every position (logits
+            ``[B, num_classes, h, w]``, as timm's ConvNeXt head without pooling). Default: ``"avg"``.
+        backend (str): attention backend. Default: ``"auto"``.
 
     Input ``[B, in_chans, H, W]`` float (normalised with the config's mean/std) -> logits ``[B, num_classes]``.
     """
@@ -309,8 +320,7 @@ class GatedSwinRMT(ZooMixin, nn.Module):
         super().__init__()
         if not (len(embed_dims) == len(depths) == len(num_heads) == len(heads_range)):
             raise ValueError("Gated-SwinRMT: embed_dims, depths, num_heads and heads_range need one entry per stage.")
-        if global_pool not in ("avg", ""):
-            raise ValueError(f"Gated-SwinRMT: global_pool={global_pool!r}; use 'avg' or ''.")
+        _check_pool(global_pool)
         self.num_classes, self.global_pool, self.mixer = num_classes, global_pool, mixer
         self.num_features = self.head_hidden_size = embed_dims[-1]
         reduction = stem_stride * 2 ** (len(depths) - 1)
@@ -364,6 +374,23 @@ class GatedSwinRMT(ZooMixin, nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.head
 
+    def timm_pretrained_cfg(self, config: dict) -> dict:
+        """timm's ``pretrained_cfg`` for these weights, from ``config`` (the zoo config being saved).
+
+        :func:`gatedzoo.zoo.save_pretrained` writes it as the ``pretrained_cfg`` entry of ``config.json`` (timm's Hub
+        layout), so that ``timm.create_model("local-dir:<folder>")`` / ``("hf-hub:<repo>")`` read a gatedzoo folder:
+        timm takes ``architecture``, ``model_args`` and ``label_names`` from the top level and the preprocessing
+        and head size from this entry. Returns a JSON-able dict: ``num_classes`` (the classifier's outputs), the
+        recorded ``input_size``, ``mean``, ``std``, ``interpolation``, ``crop_pct`` (when the config has them),
+        ``first_conv``, ``classifier``, ``license``, ``paper_ids``.
+        """
+        base = _cfg()
+        out = {k: base[k] for k in ("first_conv", "classifier", "license", "paper_ids")}
+        out.update(num_classes=self.num_classes, fixed_input_size=False)
+        pre = config.get("preprocessing") or {}
+        out.update({k: pre[k] for k in ("input_size", "mean", "std", "interpolation", "crop_pct") if k in pre})
+        return out
+
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """Replace the classifier with a fresh one of ``num_classes`` outputs (0: identity, pooled features out).
 
@@ -374,9 +401,9 @@ class GatedSwinRMT(ZooMixin, nn.Module):
         if cfg is not None:
             cfg.pop("label_names", None)
             cfg.pop("metrics", None)
-        self.num_classes = num_classes
         if global_pool is not None:
-            self.global_pool = global_pool
+            self.global_pool = _check_pool(global_pool)
+        self.num_classes = num_classes
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -385,11 +412,18 @@ class GatedSwinRMT(ZooMixin, nn.Module):
         return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Pool ``[B, C, h, w]`` features; ``pre_logits=True`` returns the pooled ``[B, C]`` before the classifier."""
+        """Pool ``[B, C, h, w]`` features and classify: ``[B, num_classes]``; ``pre_logits=True`` returns the pooled
+        ``[B, C]``. With ``global_pool=""`` nothing is pooled: ``[B, num_classes, h, w]`` (``[B, C, h, w]``)."""
         if self.global_pool == "avg":
             x = x.mean((2, 3))
         x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
+        if pre_logits:
+            return x
+        if x.ndim == 2:
+            return self.head(x)
+        # the same linear classifier on every position (channels last), so pooled weights load and averaging these
+        # logits over the positions gives the pooled model's logits
+        return self.head(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
@@ -473,8 +507,21 @@ def _create(arch: str, variant: str, size: str, pretrained: bool = False, **kwar
         kwargs.setdefault("num_classes", 1000)
         kwargs.setdefault("in_chans", 3)
     kwargs = {**SIZES[size], **kwargs, "mixer": variant}
-    return build_model_with_cfg(GatedSwinRMT, arch, pretrained, pretrained_cfg=cfg or tag,
-                                pretrained_cfg_overlay=overlay, feature_cfg=dict(flatten_sequential=True), **kwargs)
+    # feature_info lists the stem and then every stage; the stem has stage 0's stride (stage 0 does not downsample),
+    # so features_only defaults to the stages alone: strictly increasing strides, as FPN-style necks expect
+    # (an explicit out_indices, e.g. (0, 1, 2, 3, 4) with the stem, still wins)
+    stages = tuple(range(1, len(kwargs["depths"]) + 1))
+    model = build_model_with_cfg(GatedSwinRMT, arch, pretrained, pretrained_cfg=cfg or tag,
+                                 pretrained_cfg_overlay=overlay,
+                                 feature_cfg=dict(flatten_sequential=True, out_indices=stages), **kwargs)
+    classes = getattr(model, "num_classes", None)
+    names = model.pretrained_cfg.get("label_names")
+    if classes is not None and names is not None and len(names) != classes:
+        # a new head (num_classes=) is untrained: the weights' class names would name its outputs wrongly; timm's
+        # own exports drop label names when the head size changes, and so does gatedzoo.create_model
+        model.pretrained_cfg = model.default_cfg = {k: v for k, v in model.pretrained_cfg.items()
+                                                    if k != "label_names"}
+    return model
 
 
 _register = partial(zoo_register_model, family="gated_swinrmt", task="image_classification", paper=PAPER,

@@ -28,8 +28,8 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 #: config entries that describe how the loaded weights were made and scored; training replaces those weights
-STALE_AFTER_TRAINING = ("metrics", "metrics_note", "recipe", "training_data", "training_run", "benchmark", "device",
-                        "novelty_rule")
+STALE_AFTER_TRAINING = ("metrics", "metrics_note", "recipe", "hparams", "training_data", "training_run", "benchmark",
+                        "device", "novelty_rule")
 
 #: evaluators by task name: ``fn(model, data: str | None, split: str) -> dict[str, float]``
 EVALUATORS: dict[str, Callable] = {}

@@ -8,6 +8,8 @@ user's image folder (``--data root`` laid out as ``root/<class>/<image>``, class
 from __future__ import annotations
 
 import re
+import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -82,6 +84,34 @@ def _array_images(images: np.ndarray, labels: np.ndarray, pre: dict) -> tuple[to
     return _stack(ArrayImageDataset(images, labels, tf))
 
 
+def warn_if_training_folder(data: str, training_data: str) -> bool:
+    """Warn (``UserWarning``) when the folder ``data`` is, or lies inside, the image folder the weights were trained
+    on, as recorded in their ``training_data`` (``"image_folder:<root>"``, written by ``ImageFolderDataModule``).
+
+    The data module fits on all of that folder but its validation share (and that share chose the checkpoint), so
+    scores on it are optimistic: ``gatedzoo eval <fine-tuned> --data <the same folder>`` reports training accuracy.
+    A relative recorded root is taken from the current directory, as the training command would have. Returns whether
+    it warned.
+    """
+    prefix = "image_folder:"
+    if not training_data.startswith(prefix):
+        return False
+    trained = Path(training_data[len(prefix):]).expanduser().resolve()
+    given = Path(data).expanduser().resolve()
+    if given != trained and trained not in given.parents:
+        return False
+    # with root/train + root/val the data module validates on root/val only; otherwise on a share of every class
+    val = trained / "val"
+    if (trained / "train").is_dir() and val.is_dir() and (given == val or val in given.parents):
+        what = "the validation images, which chose the checkpoint"
+    else:
+        what = "training images (all but the validation share, which chose the checkpoint)"
+    warnings.warn(f"--data {data} is in the image folder these weights were trained on (training_data "
+                  f"{training_data!r}): it holds {what}, so these scores are optimistic. Evaluate on held-out "
+                  "images, in a folder that was not passed to fit.", UserWarning, stacklevel=3)
+    return True
+
+
 @register_evaluator("image_classification")
 def evaluate_image_classification(model, data: str | None = None, split: str = "test") -> dict:
     """Evaluate an image classifier from the zoo.
@@ -89,7 +119,8 @@ def evaluate_image_classification(model, data: str | None = None, split: str = "
     Args:
         model: a zoo model with ``zoo_config`` (preprocessing, label names, training data).
         data (str, Optional): an image folder ``root/<class>/<image>`` whose class names are among the weights'
-            label names; default: the test split of the dataset the weights were trained on.
+            label names (a warning when it is the folder the weights were trained on, see
+            :func:`warn_if_training_folder`); default: the test split of the dataset the weights were trained on.
         split (str): ``"test"`` (whole split), or a fixed slice such as ``"test[:2000]"``. Default: ``"test"``.
 
     Returns:
@@ -102,6 +133,7 @@ def evaluate_image_classification(model, data: str | None = None, split: str = "
     if data is not None:
         from gatedzoo.data.images import FolderDataset, image_transforms, scan_image_folder
 
+        warn_if_training_folder(data, cfg.get("training_data", ""))
         samples, classes = scan_image_folder(data)
         unknown = [c for c in classes if c not in labels_known]
         if unknown:

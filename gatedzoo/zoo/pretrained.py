@@ -57,7 +57,9 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, *, state_dic
     """Write ``model.safetensors`` + ``config.json`` into ``directory`` (atomically, file by file).
 
     ``state_dict`` replaces ``model.state_dict()`` (the full weights gathered from a sharded, e.g. FSDP, run).
-    ``extra`` entries (e.g. ``metrics=...``) are merged into the config. Returns the folder.
+    ``extra`` entries (e.g. ``metrics=...``) are merged into the config. ``weights_dtype`` is the floating dtype of
+    the tensors written, and a model with ``timm_pretrained_cfg(config)`` (the timm-registered image models) also
+    gets the ``pretrained_cfg`` entry timm's ``local-dir:`` / ``hf-hub:`` loaders read. Returns the folder.
     """
     directory = Path(directory)
     cfg = {**zoo_config(model), **extra, "format_version": FORMAT_VERSION}
@@ -75,6 +77,17 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, *, state_dic
         )
     own = model.state_dict() if state_dict is None else state_dict
     state = {k: v.detach().contiguous().cpu() for k, v in own.items()}
+    # the dtype of the file written now, not of the weights the model was loaded from (float16 shipped weights load
+    # into a float32 model and are saved as float32)
+    dtypes = sorted({str(v.dtype).removeprefix("torch.") for v in state.values() if v.is_floating_point()})
+    cfg.pop("weights_dtype", None)
+    if len(dtypes) == 1:
+        cfg["weights_dtype"] = dtypes[0]
+    timm_cfg = getattr(model, "timm_pretrained_cfg", None)
+    if timm_cfg is not None:
+        # timm-registered models also describe the weights in timm's layout, which timm's local-dir: / hf-hub:
+        # loaders read (they take the whole config.json as a pretrained_cfg when this entry is missing, and fail)
+        cfg["pretrained_cfg"] = timm_cfg(cfg)
     with atomic_path(directory / WEIGHTS_NAME) as tmp:
         save_file(state, str(tmp), metadata={"architecture": cfg["architecture"]})
     write_json(directory / CONFIG_NAME, cfg)
@@ -174,6 +187,11 @@ def classifier_outputs(model: nn.Module) -> int | None:
 #: do not hold for a model whose head was re-initialised or whose architecture arguments were changed
 _HEAD_ENTRIES = ("label_names",)
 _SCORE_ENTRIES = ("metrics",)
+#: how the source weights were made (the run's recipe and hyper-parameters): an adapted model was not made by them
+#: as a whole, and a fine-tune of it would otherwise save them as its own
+_MAKING_ENTRIES = ("recipe", "hparams")
+#: entries that describe the saved file rather than the model: recomputed by save_pretrained, not carried over
+_FILE_ENTRIES = ("model_args", "format_version", "init_args", "weights_dtype", "pretrained_cfg")
 
 
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], strict: bool = True) -> list[str]:
@@ -221,7 +239,8 @@ def create_model(name: str, pretrained: bool = False, *, strict: bool = True, **
         strict (bool): refuse missing or unexpected keys. Default: `True`.
         **overrides: architecture arguments to change (``num_classes``, ``horizon``, ``in_chans``, ...). With
             weights, only the head (and an image model's input channels) adapts; the change is logged. The source's
-            ``metrics`` then describe another model and move to ``zoo_config["adapted_from"]["source_metrics"]``; a
+            ``metrics``, ``recipe`` and ``hparams`` then describe another model and move to
+            ``zoo_config["adapted_from"]["source_metrics"]`` (``source_recipe``, ``source_hparams``); a
             re-initialised head also drops the source's ``label_names`` (name the new classes before saving, as the
             training data modules do).
 
@@ -245,19 +264,18 @@ def create_model(name: str, pretrained: bool = False, *, strict: bool = True, **
         if changed or skipped:
             what = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()) or "nothing"
             log.warning("create_model(%s): adapted %s; re-initialised %s", name, what, skipped or "nothing")
-    base = {k: v for k, v in cfg.items() if k not in ("model_args", "format_version", "init_args")}
+    base = {k: v for k, v in cfg.items() if k not in _FILE_ENTRIES}
     adapted = folder is not None and bool(changed or skipped)
     if adapted:
-        dropped = _SCORE_ENTRIES + (_HEAD_ENTRIES if skipped else ())
-        source_metrics = base.get("metrics")
+        dropped = _SCORE_ENTRIES + _MAKING_ENTRIES + (_HEAD_ENTRIES if skipped else ())
+        source = {f"source_{k}": base[k] for k in _SCORE_ENTRIES + _MAKING_ENTRIES if k in base}
         base = {k: v for k, v in base.items() if k not in dropped}
     model.zoo_config = {**base, **zoo_config(model), "architecture": arch, "model_args": args}
     model.zoo_config.setdefault("task", info.task)
     if adapted:
         model.zoo_config["adapted_from"] = {"source": name, "changed": {k: list(v) for k, v in changed.items()},
                                             "reinitialised": list(skipped)}
-        if source_metrics is not None:
-            model.zoo_config["adapted_from"]["source_metrics"] = source_metrics
+        model.zoo_config["adapted_from"].update(source)
     return model
 
 

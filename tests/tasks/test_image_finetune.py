@@ -72,7 +72,43 @@ def test_finetune_names_its_own_classes(folder, tmp_path):
     assert cfg["preprocessing"]["crop_pct"] == 1.0 and cfg["preprocessing"]["interpolation"] == "bilinear"
     assert "eval/top1_test" not in cfg["metrics"]
     model = gatedzoo.create_model(str(tmp_path / "zoo"))
-    assert evaluate_image_classification(model, str(folder))["n"] == 36
+    # the folder it was fine-tuned on scores training images: said, not silent (the quickstart used to do this)
+    with pytest.warns(UserWarning, match="is in the image folder these weights were trained on"):
+        assert evaluate_image_classification(model, str(folder))["n"] == 36
+
+
+def test_eval_warns_only_on_the_training_folder(folder, tmp_path, monkeypatch):
+    """`gatedzoo eval <fine-tuned> --data X` warns when X is the recorded training folder (or inside it: a class
+    folder, root/train, root/val), a relative recorded root taken from the working directory; a held-out folder
+    evaluates silently."""
+    import warnings
+
+    from gatedzoo.tasks.images import warn_if_training_folder
+
+    x, y = load_fashion_mnist("test")
+    held_out = tmp_path / "my_images_test"
+    for name, label in CLASSES.items():
+        (held_out / name).mkdir(parents=True)
+        for i in np.flatnonzero(y == label)[12:16]:
+            Image.fromarray(x[i]).save(held_out / name / f"{i}.png")
+    model = gatedzoo.create_model(WEIGHTS, num_classes=3)
+    model.zoo_config.update(label_names=sorted(CLASSES), training_data=f"image_folder:{folder}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert evaluate_image_classification(model, str(held_out))["n"] == 12
+    monkeypatch.chdir(folder.parent)
+    recorded = f"image_folder:{folder.name}"  # as `--data.init_args.root my_images` records it
+    with pytest.warns(UserWarning, match="training images"):
+        assert warn_if_training_folder(str(folder / "Trouser"), recorded)
+    assert not warn_if_training_folder(str(held_out), recorded)
+    assert not warn_if_training_folder(str(folder), "fashion_mnist/train")
+    split = tmp_path / "split"
+    for part in ("train", "val"):
+        (split / part).mkdir(parents=True)
+    with pytest.warns(UserWarning, match="the validation images, which chose the checkpoint"):
+        assert warn_if_training_folder(str(split / "val"), f"image_folder:{split}")
+    with pytest.warns(UserWarning, match="training images"):
+        assert warn_if_training_folder(str(split / "train"), f"image_folder:{split}")
 
 
 def test_wrong_num_classes_is_refused_before_training(folder, tmp_path):
@@ -106,3 +142,25 @@ def test_rgb_finetuning_keeps_the_grey_statistics(folder, tmp_path):
     dm = ImageFolderDataModule(str(folder), input_size=[3, 28, 28], augment="basic", num_workers=0)
     with pytest.warns(UserWarning, match="pass preprocessing_from"):
         trainer(tmp_path).validate(task, dm, verbose=False)
+
+
+def test_recipe_reruns_keep_their_own_outputs(folder, tmp_path, monkeypatch):
+    """The image recipes leave the checkpoint and zoo folders to Lightning's versioned log folder, so a rerun (or
+    another `--trainer.default_root_dir`) never overwrites an earlier run's weights nor mixes its checkpoints in."""
+    from gatedzoo.cli import run_lightning
+
+    for recipe in sorted((ROOT / "recipes/gated_swinrmt").glob("*.yaml")):
+        callbacks = yaml.safe_load(recipe.read_text())["trainer"]["callbacks"]
+        assert all("dirpath" not in (cb.get("init_args") or {}) for cb in callbacks), recipe.name
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):
+        run_lightning(["fit", "-c", str(ROOT / "recipes/gated_swinrmt/finetune_imagefolder_swat.yaml"),
+                       "--data.init_args.root", str(folder), "--model.init_args.model_args", "{num_classes: 3}",
+                       "--data.init_args.num_workers", "0", "--trainer.max_epochs", "1",
+                       "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1",
+                       "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path / "run")])
+    for version in ("version_0", "version_1"):
+        out = tmp_path / "run" / "lightning_logs" / version
+        assert json.loads((out / "zoo" / "config.json").read_text())["label_names"] == sorted(CLASSES)
+        assert len(list((out / "checkpoints").glob("*.ckpt"))) == 1
+    assert not (tmp_path / "runs").exists()  # nothing under the recipe's own default folder

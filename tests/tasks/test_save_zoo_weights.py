@@ -55,7 +55,8 @@ def test_a_checkpoint_restores_the_models_zoo_config(tmp_path):
 def test_training_moves_the_source_scores_and_provenance_aside(tmp_path):
     L.seed_everything(0)
     src = create_model("toy_attention_classifier")
-    src.save_pretrained(tmp_path / "src", metrics={"val/acc": 0.9}, recipe="recipes/x.yaml", training_data="digits")
+    src.save_pretrained(tmp_path / "src", metrics={"val/acc": 0.9}, recipe="recipes/x.yaml", training_data="digits",
+                        hparams={"batch_size": 512})
     task = Classification(arch=str(tmp_path / "src"), lr=3e-3, weight_decay=0.0)
     assert task.model.zoo_config["metrics"] == {"val/acc": 0.9}
     trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
@@ -65,5 +66,6 @@ def test_training_moves_the_source_scores_and_provenance_aside(tmp_path):
     cfg = json.loads((tmp_path / "out" / "config.json").read_text())
     assert "recipe" not in cfg and "training_data" in cfg  # the data module's own description, not the source's
     assert cfg["training_data"] == "sklearn digits[:1400]" and cfg["metrics"]["val/acc"] != 0.9
+    assert "hparams" not in cfg  # the source run's batch size and epochs did not make these weights
     assert cfg["fine_tuned_from"] == {"metrics": {"val/acc": 0.9}, "recipe": "recipes/x.yaml",
-                                      "training_data": "digits"}
+                                      "training_data": "digits", "hparams": {"batch_size": 512}}

@@ -244,6 +244,39 @@ def test_hf_hub_offline_without_cache_raises(hub, monkeypatch):
     assert HubHandler.requests == []
 
 
+def test_timm_hf_hub_reads_a_gatedzoo_image_repo(tmp_path, monkeypatch):
+    """A gatedzoo image folder pushed to the Hub as is opens with `timm.create_model("hf-hub:...")`: save_pretrained
+    writes the `pretrained_cfg` entry timm's loader reads (without it timm took the whole config.json as one and
+    failed on `model_args`)."""
+    import huggingface_hub.constants
+    import timm
+
+    torch.manual_seed(0)
+    model = create_model("gated_swinrmt_swat_tiny.fmnist", num_classes=3).eval()
+    folder = model.save_pretrained(tmp_path / "ft3", label_names=["Ankle boot", "T-shirt-top", "Trouser"])
+    HubHandler.files = {p.name: p.read_bytes() for p in folder.iterdir()}
+    HubHandler.requests = []
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), HubHandler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    # timm calls huggingface_hub without an endpoint: the one huggingface_hub read from HF_ENDPOINT at import
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", url)
+    monkeypatch.setattr(huggingface_hub.constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                        url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    try:
+        t = timm.create_model("hf-hub:someone/ft3", pretrained=True).eval()
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert "GET /someone/ft3/resolve/main/model.safetensors" in HubHandler.requests
+    assert t.num_classes == 3 and t.pretrained_cfg["label_names"] == ["Ankle boot", "T-shirt-top", "Trouser"]
+    x = torch.rand(2, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(t(x), model(x))
+
+
 def test_save_pretrained_is_atomic(saved, monkeypatch):
     model, folder = saved
     before = sha256sum(folder / "model.safetensors")
