@@ -3,12 +3,17 @@
 ``fit | validate | test | predict -c RECIPE.yaml`` run a recipe through LightningCLI (``--print_config``, dotted
 overrides such as ``--trainer.max_epochs 3``); ``list``, ``info`` and ``eval`` work on the zoo; ``tour`` runs the zoo
 tour (:mod:`gatedzoo.tour`); ``ship`` adds trained weights to the package's manifest (for maintainers).
+
+Bad input to a recipe command (a ``ValueError`` or ``FileNotFoundError``, whose message names the fix) ends it with
+that message on stderr and exit status 2, as ``eval``, ``info`` and ``tour`` do; ``GATEDZOO_TRACEBACK=1`` shows the
+traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -270,12 +275,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _user_message(err: BaseException) -> str:
+    """The message of a bad-input error: for jsonargparse's "Does not validate against any of the Union subtypes"
+    (which wraps an error raised while building a recipe's class and prints the whole namespace), the wrapped one."""
+    while err.__cause__ is not None and str(err).startswith("Does not validate against any of the Union subtypes"):
+        err = err.__cause__
+    return str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+
+
 def main(argv: list[str] | None = None) -> int:
     explicit = argv is not None
     argv = list(argv if explicit else sys.argv[1:])
     if argv and argv[0] in LIGHTNING_COMMANDS:
-        # from the console script LightningCLI reads sys.argv itself (passing it again only draws a warning)
-        run_lightning(argv if explicit else None)
+        try:
+            # from the console script LightningCLI reads sys.argv itself (passing it again only draws a warning)
+            run_lightning(argv if explicit else None)
+        except (ValueError, FileNotFoundError) as err:
+            if os.environ.get("GATEDZOO_TRACEBACK"):
+                raise
+            print(f"gatedzoo {argv[0]}: {_user_message(err)}\n(GATEDZOO_TRACEBACK=1 shows the traceback)",
+                  file=sys.stderr)
+            return 2
         return 0
     args = build_parser().parse_args(argv)
     return args.fn(args)

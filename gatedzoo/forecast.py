@@ -1,7 +1,8 @@
 """Forecast your own series: fit / predict / cross-validate on a long (Nixtla-style) or wide DataFrame, and plot.
 
 Long layout: one row per (series, time) with columns ``unique_id``, ``ds``, ``y``; wide layout: a ``date`` column
-plus one numeric column per series (the TSLib CSV format; a path to such a CSV works wherever a frame does).
+plus one numeric column per series (the TSLib CSV format). A path to a CSV in either layout works wherever a frame
+does.
 Gateformer is multivariate: all series are forecast jointly, so they must share the same timestamps. Predictions
 come back in the layout the data came in (long: a column named after the model, ``Gateformer``; wide: one column
 per series), on the data's own scale, stamped at the data's frequency. The timestamps must be regular (a missing one
@@ -29,8 +30,10 @@ import torch
 from gatedzoo.data.timeseries import (
     DATE,
     TimeSeriesDataModule,
+    _read_csv,
     check_frame,
     check_frequency,
+    fixed_frequency,
     load_frame,
     same_frequency,
     time_steps,
@@ -84,13 +87,37 @@ def to_wide(df, id_col: str = "unique_id", time_col: str = "ds", target_col: str
     if df.duplicated([id_col, time_col]).any():
         raise ValueError(f"long DataFrame has repeated ({id_col}, {time_col}) pairs; keep one row per series and time.")
     wide = df.pivot(index=time_col, columns=id_col, values=target_col).sort_index()
-    counts = df.groupby(id_col)[time_col].nunique()
-    if (counts != len(wide)).any():
-        short = counts[counts != len(wide)].head(3).to_dict()
-        raise ValueError(f"the series do not share the same timestamps (rows per series {short} vs {len(wide)} "
-                         "timestamps in all); Gateformer forecasts them jointly: align them (e.g. resample) first.")
+    span = df.groupby(id_col)[time_col].agg(["min", "max", "nunique"])
+    if (span["nunique"] != len(wide)).any():
+        raise ValueError(_ragged_advice(span, len(wide), time_col, target_col))
     wide.columns = [str(c) for c in wide.columns]
     return wide.reset_index().rename(columns={time_col: DATE}).rename_axis(columns=None).pipe(pd.DataFrame)
+
+
+def _ragged_advice(span, n_times: int, time_col: str, target_col: str) -> str:
+    """The error for series with different timestamps; ``span``: per series ``min``, ``max``, ``nunique`` of ``ds``.
+
+    Resampling changes the step, not where a series starts or ends, so the advice is the common range (the latest
+    start to the earliest end) with the timestamps a series lacks inside it added as missing values.
+    """
+    start, end = span["min"].max(), span["max"].min()
+    short = span.loc[span["nunique"] != n_times, "nunique"].head(3).to_dict()
+    head = (f"the series do not share the same timestamps (timestamps per series {short} vs {n_times} in all); "
+            "Gateformer forecasts them jointly from one look-back of every series, so each needs a row (a value or "
+            f"NaN) at every timestamp. Resampling does not align them: ")
+    if start > end:
+        first, last = span["min"].idxmax(), span["max"].idxmin()
+        return head + (f"they share no time range ({first!r} starts at {start}, after {last!r} ends at {end}); "
+                       "forecast such series with separate Forecasters.")
+    late = [str(u) for u in span.index[span["min"] > span["min"].min()]][:5]
+    early = [str(u) for u in span.index[span["max"] < span["max"].max()]][:5]
+    where = "; ".join(part for part in (f"{late} start later" if late else "", f"{early} end earlier" if early else "")
+                      if part)
+    return head + (f"{where + ': ' if where else ''}keep the rows from {start} to {end}, the range every series "
+                   f"covers (the latest start to the earliest end), e.g. "
+                   f"df[df[{time_col!r}].between(pd.Timestamp('{start}'), pd.Timestamp('{end}'))], and add each "
+                   f"timestamp a series misses inside it as a row with {target_col} = NaN (utilsforecast.preprocessing"
+                   ".fill_gaps adds them); such gaps are filled forward for the look-back.")
 
 
 def to_long(wide, value_col: str = MODEL_COL, id_col: str = "unique_id", time_col: str = "ds"):
@@ -143,10 +170,11 @@ class Forecaster:
         if freq is not None and not isinstance(freq, str):
             raise ValueError(f"freq={freq!r}: give a pandas frequency string ('h', '30min', 'D'); integer time steps "
                              "are not supported, the timestamps must be dates.")
+        from gatedzoo.tasks.forecasting import weights_source
+
         # a name with a dot or a path, a hub / local-dir prefix, or an existing folder (a bare name saved in the
         # working directory) names weights; anything else is an architecture trained from scratch
-        self.pretrained = ("." in model or os.sep in model or model.startswith(("local-dir:", "hf-hub:"))
-                           or Path(model).expanduser().is_dir())
+        self.pretrained = weights_source(model) is not None
         self.model = create_model(model, pretrained=True) if self.pretrained else None
         cfg = getattr(self.model, "zoo_config", {}) if self.model is not None else {}
         self.h = h if h is not None else int(cfg.get("horizon") or 96)
@@ -175,8 +203,8 @@ class Forecaster:
             if self._wide is None:
                 raise ValueError("no data: call fit(df) first or pass df=.")
             return self._wide, self._train_ids
-        if isinstance(df, (str, os.PathLike)):  # a wide CSV in the TSLib format
-            df = load_frame(str(df), freq=self.user_freq, fill=False)
+        if isinstance(df, (str, os.PathLike)):
+            df = self._read(df)
         id_col, time_col, target_col = self.cols
         if id_col in df.columns and target_col in df.columns:
             extra = [str(c) for c in df.columns if c not in self.cols]
@@ -191,6 +219,21 @@ class Forecaster:
             wide = df.rename(columns={time_col: DATE}) if DATE not in df.columns else df
         return check_frame(wide, source="DataFrame", target=str(wide.columns[-1]), freq=self.user_freq,
                            fill=False), ids
+
+    def _read(self, path):
+        """A CSV path -> the long frame it holds when its header has the id, time and target columns, else the
+        checked wide frame (the TSLib format, :func:`load_frame`; also the named datasets such as ``"etth1"``)."""
+        import pandas as pd
+
+        file = Path(path).expanduser()
+        if file.is_file():
+            try:
+                header = pd.read_csv(file, nrows=0).columns
+            except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError):
+                header = []  # load_frame says what is wrong with the file
+            if all(c in header for c in self.cols):
+                return _read_csv(file)
+        return load_frame(str(path), freq=self.user_freq, fill=False)
 
     @staticmethod
     def _inputs(wide, variables) -> np.ndarray:
@@ -241,6 +284,8 @@ class Forecaster:
         L.seed_everything(self.seed, verbose=False)
         args = {**self.model_args, "seq_len": self.input_size, "pred_len": self.h, "n_vars": n_vars}
         task = Forecasting(self.name, model_args=args, pretrained=self.pretrained, lr=self.lr)
+        if getattr(task.model, "reads_time", False) and dm.steps is None:
+            raise ValueError(self._no_fixed_step(task.model, dm.freq))
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = ModelCheckpoint(dirpath=tmp, monitor="val/loss", mode="min")
             trainer = L.Trainer(max_epochs=self.max_epochs, accelerator=self.accelerator, devices=1, logger=False,
@@ -269,10 +314,36 @@ class Forecaster:
                              "to a regular grid or pass freq= (e.g. 'h', '30min', 'D').")
         trained = self.model.zoo_config.get("freq") if self.model is not None else None
         if trained and not same_frequency(trained, freq):
-            raise ValueError(f"the data's frequency is {freq!r} but the weights {self.name} were trained on "
-                             f"{trained!r} data; resample the data to {trained!r}, or fit() on it to fine-tune the "
-                             f"weights at {freq!r}.")
+            fixed = fixed_frequency(freq)
+            if self.user_freq or not fixed or not same_frequency(trained, fixed):
+                raise ValueError(f"the data's frequency is {freq!r} but the weights {self.name} were trained on "
+                                 f"{trained!r} data; resample the data to {trained!r}, or fit() on it to fine-tune "
+                                 f"the weights at {freq!r}.")
+            # weekly rows inferred as anchored weeks ('W-SUN') are the weights' fixed 7-day steps ('7D')
+            freq = trained
+        if getattr(self.model, "reads_time", False) and fixed_frequency(freq) != freq:
+            raise ValueError(self._no_fixed_step(self.model, freq))
         return freq
+
+    def _no_fixed_step(self, model, freq: str | None) -> str:
+        """The refusal of a model with a residual cycle on data of frequency ``freq`` (no fixed duration), in the
+        arguments a Forecaster user can pass."""
+        fixed = fixed_frequency(freq)
+        if fixed:
+            what = f"the data's frequency {freq!r} is a calendar step of no fixed duration"
+            fix = (f"pass Forecaster(..., freq={fixed!r}): the same rows as steps of fixed length (weeks anchored on "
+                   "a weekday are 7-day steps), or ")
+        elif freq:
+            what = f"the data's frequency {freq!r} (months, business days, ...) has no fixed duration"
+            fix = ""
+        else:
+            what = "the timestamps follow no regular step"
+            fix = "resample them to a regular grid and pass Forecaster(..., freq=...) ('h', '30min', 'D'), or "
+        drop = (f"train a model without one: Forecaster('gateformer', model_args={{'cycle_len': 0}}, ...) (the "
+                f"weights {self.name} have a cycle)" if self.pretrained else
+                "drop the cycle: model_args={..., 'cycle_len': 0}")
+        return (f"the model has a residual cycle (cycle_len={model.cycle_len}), which reads each window's time step, "
+                f"but {what}; {fix}{drop}.")
 
     @torch.no_grad()
     def _forecast(self, history: np.ndarray, start, freq: str) -> np.ndarray:

@@ -45,6 +45,28 @@ log = logging.getLogger("gatedzoo")
 REGISTRY_KEY = SETUP_KEY  # adata.uns key of setup_anndata (read back by read_dataset for saved files)
 
 
+def _load(name: str):
+    """``create_model(name, pretrained=True)``; a registered architecture without shipped weights is refused with
+    what ``SCFM`` can load instead (it has no ``pretrained=False``: an untrained network has no use here)."""
+    from gatedzoo.zoo import get_arch, list_models
+
+    try:
+        return create_model(name, pretrained=True)
+    except KeyError as err:
+        arch = name.partition(".")[0]
+        try:
+            get_arch(arch)
+        except KeyError:
+            raise err from None  # not an architecture at all: the registry's message lists the known ones
+        shipped = list_models("scfm*", pretrained=True)
+        raise KeyError(
+            f"SCFM({name!r}): there are no trained weights for {name!r}, and SCFM needs a trained model. Use shipped "
+            f"weights ({', '.join(map(repr, shipped)) or 'none'}), a folder written by SCFM.save_pretrained or a "
+            f"recipe's SaveZooWeights, or train {arch} first, e.g. gatedzoo fit -c recipes/scfm/pretrain.yaml "
+            f"--model.arch {arch}, then SCFM('runs/scfm_pretrain/zoo')."
+        ) from None
+
+
 class SCFM:
     """A single-cell foundation model bound to its gene vocabulary and preprocessing.
 
@@ -57,7 +79,7 @@ class SCFM:
     """
 
     def __init__(self, model="scfm_sigmoid_small", device: str | None = None, batch_size: int = 64):
-        net = create_model(model, pretrained=True) if isinstance(model, (str, Path)) else model
+        net = _load(str(model)) if isinstance(model, (str, Path)) else model
         cfg = getattr(net, "zoo_config", {})
         if "gene_vocab" not in cfg:
             raise ValueError(f"{model!r} carries no gene vocabulary (zoo_config['gene_vocab']); load trained "
@@ -67,10 +89,13 @@ class SCFM:
         self.vocab = GeneVocab.from_config(cfg["gene_vocab"])
         self.preprocessing = dict(cfg.get("preprocessing", {}))
         self.batch_size = batch_size
+        # what produced these weights, recorded with the embeddings: the name given, then how they were changed
+        self.source = str(model) if isinstance(model, (str, Path)) else str(cfg.get("architecture", "SCFM network"))
 
     @property
     def label_names(self) -> list[str]:
-        return list(self.module.zoo_config.get("label_names", [])) if self.module.num_classes else []
+        """The cell types of the head, plain ``str`` (empty without a head)."""
+        return [str(n) for n in self.module.zoo_config.get("label_names", [])] if self.module.num_classes else []
 
     @staticmethod
     def setup_anndata(adata, layer: str | None = None, gene_key: str | None = None, batch_key: str | None = None,
@@ -142,8 +167,8 @@ class SCFM:
         """Write the cell embeddings into ``adata.obsm[key_added]`` (in place; returns ``None``)."""
         adata.obsm[key_added] = self.get_latent_representation(adata)
         adata.uns.setdefault("scfm", {})[key_added] = {
-            "model": self.module.zoo_config.get("architecture"), "pool": self.module.pool,
-            "max_genes": self._max_genes()}
+            "model": self.source, "architecture": self.module.zoo_config.get("architecture"),
+            "pool": self.module.pool, "max_genes": self._max_genes()}
 
     def predict(self, adata, key: str = "scfm") -> None:
         """Cell types into ``adata.obs[f"{key}_pred"]`` (categorical) and ``adata.obs[f"{key}_prob"]`` (max prob).
@@ -161,8 +186,9 @@ class SCFM:
         cells = self._tokenize(adata)
         prob = predict_proba(self.module, cells, max_genes=self._max_genes(), batch_size=self.batch_size,
                              device=self.device)
-        names = np.array(self.label_names)
-        adata.obs[f"{key}_pred"] = pd.Categorical(names[prob.argmax(1)], categories=list(names))
+        names = self.label_names
+        # from codes, so the categories stay the plain str names (indexing a NumPy array would give np.str_)
+        adata.obs[f"{key}_pred"] = pd.Categorical.from_codes(prob.argmax(1), categories=names)
         adata.obs[f"{key}_prob"] = prob.max(1).astype(np.float32)
         adata.obsm[f"{key}_probs"] = prob.astype(np.float32)
         adata.uns[f"{key}_label_names"] = list(names)
@@ -180,7 +206,9 @@ class SCFM:
             **trainer_kwargs: passed to ``lightning.Trainer``.
 
         Returns:
-            The last logged metrics (``val/acc``, ``val/macro_f1``, ...).
+            The last logged metrics (``val/acc``, ``val/macro_f1``, ...); they also become the model's ``metrics``
+            (the scores of the weights it started from move to ``fine_tuned_from``), and ``training_data`` says
+            which cells it learned from.
         """
         import lightning as L
 
@@ -188,6 +216,7 @@ class SCFM:
         from gatedzoo.tasks.masked_expression import CellTypeClassification
 
         cells = self._tokenize(adata, with_labels=True)
+        n_obs = len(cells)
         labelled = np.flatnonzero(cells.labels >= 0)
         if not len(labelled):
             raise DataCheckError("every cell's label is missing (NaN in the labels_key column); fill it for at least "
@@ -212,8 +241,16 @@ class SCFM:
         task.model.zoo_config["preprocessing"] = {**self.preprocessing, **task.model.zoo_config.get("preprocessing",
                                                                                                     {})}
         task.model.zoo_config["task"] = "cell_type_classification"
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
+        # no checkpoint is restored, so the last epoch's metrics are those of the weights kept
+        task.model.zoo_config["metrics"] = metrics
+        task.model.zoo_config["training_data"] = (
+            f"an AnnData passed to SCFM.train: {len(cells)} labelled of {n_obs} cells, labels from obs"
+            f"[{self._fields(adata)['labels_key']!r}] ({len(cells.label_names)} cell types), "
+            f"{val_fraction:.0%} held out for validation")
         self.module = task.model.float().eval().to(self.device)
-        return {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
+        self.source = f"{self.source}, fine-tuned by SCFM.train"
+        return metrics
 
     def save_pretrained(self, directory) -> Path:
         """Write weights + config (vocabulary, preprocessing, label names) into ``directory``."""

@@ -248,3 +248,60 @@ def test_cross_validation_on_the_fitted_rows_says_it_is_optimistic(fc, long):
         warnings.simplefilter("error")
         cv = fc.cross_validation(later, n_windows=2, step_size=24)
     assert cv["cutoff"].min() == long["ds"].max()
+
+
+def test_a_long_csv_path_is_read_as_long(fc, long, tmp_path):
+    # a path used to be read as a wide TSLib CSV only: a long file met "no 'date' column ... date_col="
+    long.to_csv(tmp_path / "long.csv", index=False)
+    pred = fc.predict(str(tmp_path / "long.csv"))
+    pd.testing.assert_frame_equal(pred, fc.predict(long))
+    cv = fc.cross_validation(tmp_path / "long.csv", n_windows=1)
+    assert list(cv.columns) == ["unique_id", "ds", "cutoff", "y", MODEL_COL]
+
+
+def test_a_long_frame_with_other_names_gets_the_arguments_to_pass(fc, long, tmp_path):
+    other = long.rename(columns={"unique_id": "series", "ds": "timestamp", "y": "value"})
+    with pytest.raises(ValueError, match=r"long table .*Forecaster\(\.\.\., id_col='series', time_col='timestamp', "
+                                         r"target_col='value'\)"):
+        fc.predict(other)
+    fc.save(tmp_path / "fc")  # the advice, followed
+    again = Forecaster.load(str(tmp_path / "fc"), id_col="series", time_col="timestamp", target_col="value")
+    np.testing.assert_allclose(again.predict(other)[MODEL_COL], fc.predict(long)[MODEL_COL], rtol=1e-6)
+
+
+def test_series_with_other_start_or_end_get_the_common_range(fc, long, wide):
+    # "align them (e.g. resample)" was wrong: resampling changes the step, not where a series starts or ends
+    late = long.drop(index=long.index[long.unique_id == "Temperature"][:100])
+    start, end = wide["date"].iloc[100], wide["date"].iloc[-1]
+    with pytest.raises(ValueError, match=rf"Resampling does not align them: \['Temperature'\] start later: keep the "
+                                         rf"rows from {start} to {end}.*fill_gaps") as err:
+        fc.predict(late)
+    assert "e.g. resample" not in str(err.value)
+    common = late[late["ds"].between(start, end)]  # the advice, followed
+    pd.testing.assert_frame_equal(fc.predict(common), fc.predict(long[long["ds"] >= start]))
+    apart = pd.concat([long[(long.unique_id == "Demand") & (long.ds < wide["date"].iloc[1000])],
+                       long[(long.unique_id == "Temperature") & (long.ds >= wide["date"].iloc[1000])]])
+    with pytest.raises(ValueError, match="share no time range .*separate Forecasters"):
+        to_wide(apart)
+
+
+def test_a_cycle_on_weekly_data_is_refused_in_forecaster_arguments(tmp_path):
+    # weekly means of vic_elec: pandas infers 'W-SUN', a calendar step that a residual cycle cannot phase; the
+    # refusal used to tell Forecaster users to "pass the data module freq=", an argument they do not have
+    weekly = load_frame("vic_elec").set_index("date").resample("W-SUN").mean().iloc[1:-1].reset_index()
+    args = dict(h=4, input_size=16, model_args={**TINY, "cycle_len": 4}, max_epochs=1, val_size=0.3,
+                accelerator="cpu")
+    with pytest.raises(ValueError, match=r"frequency 'W-SUN' is a calendar step .*pass Forecaster\(\.\.\., "
+                                         r"freq='7D'\).*model_args=\{\.\.\., 'cycle_len': 0\}") as err:
+        Forecaster(**args).fit(weekly)
+    assert "data module" not in str(err.value)
+    fc = Forecaster(freq="7D", **args).fit(weekly)  # the advice, followed
+    pred = fc.predict()
+    assert (pred["date"].diff().dropna() == pd.Timedelta("7D")).all()
+    assert pred["date"].iloc[0] == weekly["date"].iloc[-1] + pd.Timedelta("7D")
+    # saved and loaded, its weekly data need no freq: inferred 'W-SUN' is the weights' '7D'
+    fc.save(tmp_path / "weekly")
+    pd.testing.assert_frame_equal(Forecaster.load(str(tmp_path / "weekly")).predict(weekly), pred)
+    with pytest.raises(ValueError, match=r"'MS' \(months, business days, \.\.\.\) has no fixed duration; drop the "
+                                         r"cycle"):
+        Forecaster(**args).fit(load_frame("vic_elec").set_index("date").resample("MS").mean().reset_index())

@@ -1,5 +1,8 @@
 """The scvi-tools-style API: setup_anndata, embed in place on a fresh AnnData, checks, fine-tune, predict, save/load."""
 
+import json
+from pathlib import Path
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -94,10 +97,21 @@ def test_finetune_predict_and_save_roundtrip(model, tmp_path):
     SCFM.setup_anndata(query, input="log1p")
     model.predict(query)
     assert set(query.obs["scfm_pred"].cat.categories) <= set(p68.obs["bulk_labels"].astype(str))
+    # plain str names after an in-memory training (np.str_ came out of indexing a NumPy array of the names)
+    for names in (model.label_names, list(query.obs["scfm_pred"].cat.categories), query.uns["scfm_label_names"],
+                  list(query.obs["scfm_pred"])):
+        assert names and all(type(n) is str for n in names)
     assert query.obsm["scfm_probs"].shape == (100, len(model.label_names))
     assert np.allclose(query.obsm["scfm_probs"].sum(1), 1, atol=1e-4)
     assert np.allclose(query.obs["scfm_prob"], query.obsm["scfm_probs"].max(1))
     model.save_pretrained(tmp_path / "tuned")
+    # the folder describes the fine-tuned weights: their validation metrics and the cells they learned from
+    cfg = json.loads((tmp_path / "tuned" / "config.json").read_text())
+    assert cfg["metrics"] == pytest.approx(metrics) and "val/macro_f1" in cfg["metrics"]
+    assert cfg["training_data"].startswith("an AnnData passed to SCFM.train: 100 labelled of 100 cells, labels from "
+                                           "obs['bulk_labels']")
+    model.embed(query)
+    assert query.uns["scfm"]["X_scfm"]["model"].endswith("/m, fine-tuned by SCFM.train")
     again = SCFM(str(tmp_path / "tuned"), device="cpu")
     assert again.label_names == model.label_names and again.vocab.genes == model.vocab.genes
     assert again.preprocessing["expected_input"] == "counts"
@@ -109,6 +123,29 @@ def test_finetune_predict_and_save_roundtrip(model, tmp_path):
 def test_model_without_vocabulary_is_refused():
     with pytest.raises(ValueError, match="gene vocabulary"):
         SCFM(gatedzoo.create_model("scfm_sigmoid_tiny"), device="cpu")
+
+
+def test_an_architecture_without_weights_says_what_scfm_can_load():
+    # the registry's advice, "use pretrained=False", is an argument SCFM does not have
+    for name in ("scfm_sigmoid_tiny", "scfm_softmax_small"):
+        with pytest.raises(KeyError, match=rf"SCFM\('{name}'\): there are no trained weights .*SCFM needs a trained "
+                                           r"model. Use shipped weights \('scfm_sigmoid_small.pbmc'\).*"
+                                           rf"--model.arch {name}") as err:
+            SCFM(name, device="cpu")
+        assert "pretrained=False" not in str(err.value)
+    with pytest.raises(KeyError, match="scfm_sigmoid_smal"):  # a typo keeps the registry's list of names
+        SCFM("scfm_sigmoid_smal", device="cpu")
+
+
+def test_the_model_card_states_what_the_shipped_vocabulary_matches():
+    from gatedzoo.zoo.pretrained import pretrained_config
+
+    # the card said "Ensembl ids also matched"; the shipped vocabulary has none, so Ensembl var_names are refused
+    vocab = pretrained_config("scfm_sigmoid_small.pbmc")["gene_vocab"]
+    assert not vocab.get("ensembl_ids")
+    card = (Path(__file__).parents[1] / "docs" / "models" / "scfm.md").read_text()
+    assert "Ensembl ids also matched" not in card
+    assert "the shipped vocabulary has no Ensembl ids: for Ensembl `var_names` pass `gene_key=`" in card
 
 
 def test_saved_setup_travels_with_the_file_into_gatedzoo_eval(model, fresh, tmp_path):

@@ -21,6 +21,8 @@ plus, for data with a regular frequency, ``step`` (int64): the time index of the
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -55,6 +57,8 @@ DATASETS = {
 SPLITS = ("ett_hour", "ett_minute", "ratio")
 SPLIT_NAMES = ("train", "val", "test")
 DATE = "date"
+# pandas names a column with a blank header "Unnamed: <position>": df.to_csv(path) writes the index that way
+_BLANK_HEADER = re.compile(r"^Unnamed: \d+$")
 
 
 def _read_csv(path: Path):
@@ -130,6 +134,10 @@ def load_frame(dataset: str, root: str | os.PathLike | None = None, target: str 
         if date_col != DATE:
             if date_col not in df.columns:
                 raise ValueError(f"{path}: no column {date_col!r}; columns are {list(df.columns)[:10]}.")
+            # a long file's timestamp column repeats: say so with the user's own column name, before the rename
+            long = _long_table_advice(df, date_col)
+            if long:
+                raise ValueError(f"{path}: {date_col!r} repeats its timestamps: {long}")
             df = df.rename(columns={date_col: DATE})
     known = DATASETS.get(key)
     return check_frame(df, source=str(dataset), target=target, columns=columns,
@@ -142,7 +150,10 @@ def check_frame(df, source: str = "frame", target: str | None = None, columns: l
 
     Checks: a ``date`` column of timestamps (not numbers) that increases strictly, with no missing timestamp against
     the frequency (:func:`check_frequency`); at least one variate; every variate numeric, not entirely missing,
-    observed in the first row and in the last row of some variate; at least ``min_rows`` rows.
+    observed in the first row and in the last row of some variate; at least ``min_rows`` rows. A long table (one row
+    per series and time) is refused with the way to read it (``Forecaster(id_col=, time_col=, target_col=)``, or
+    ``to_wide``). A pandas index saved into a CSV (``df.to_csv(path)``: a blank-header column ``Unnamed: 0`` of
+    increasing integers) is dropped with a ``UserWarning``.
 
     Missing values: a gap inside a column is filled forward with the last observation (``fill=True``), which uses
     only the past, so a window never holds NaN and no value from later rows reaches earlier ones. A *leading* gap
@@ -168,10 +179,13 @@ def check_frame(df, source: str = "frame", target: str | None = None, columns: l
 
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"{source}: expected a pandas DataFrame, got {type(df).__name__}.")
+    df = _drop_saved_index(df, source)
     if DATE not in df.columns:
+        long = _long_table_advice(df)
         raise ValueError(
-            f"{source}: no 'date' column (columns: {list(df.columns)[:10]}). The TSLib format needs the timestamps in "
-            "a first column named 'date'; rename yours (load_frame(..., date_col='<name>'))."
+            f"{source}: no 'date' column (columns: {list(df.columns)[:10]}); "
+            + (long or "the TSLib format needs the timestamps in a first column named 'date'; rename yours "
+               "(load_frame(..., date_col='<name>'), or df.rename(columns={'<name>': 'date'})).")
         )
     raw = df[DATE]
     if pd.api.types.is_numeric_dtype(raw) or pd.api.types.is_bool_dtype(raw):
@@ -185,8 +199,9 @@ def check_frame(df, source: str = "frame", target: str | None = None, columns: l
         raise ValueError(f"{source}: {int(dates.isna().sum())} 'date' values do not parse as timestamps, e.g. {bad}; "
                          "use ISO dates such as 2016-07-01 00:00:00.")
     if not dates.is_monotonic_increasing or dates.duplicated().any():
-        raise ValueError(f"{source}: 'date' must increase strictly (sorted, no duplicates); sort the rows by date and "
-                         "drop repeated timestamps.")
+        long = _long_table_advice(df.assign(**{DATE: dates}), DATE) if dates.duplicated().any() else ""
+        raise ValueError(f"{source}: 'date' must increase strictly (sorted, no duplicates): "
+                         + (long or "sort the rows by date and drop repeated timestamps."))
     found = check_frequency(dates, freq, source)
     variates = [c for c in df.columns if c != DATE]
     if columns is not None:
@@ -238,6 +253,82 @@ def check_frame(df, source: str = "frame", target: str | None = None, columns: l
         raise ValueError(f"{source}: {len(out)} rows; at least {min_rows} are needed.")
     out.attrs["freq"] = found or ""  # the checked frequency, so readers need not infer it again
     return out
+
+
+def _drop_saved_index(df, source: str):
+    """``df`` without a pandas index saved into a CSV (``df.to_csv(path)`` without ``index=False``), with a warning.
+
+    Such a column has a blank header (read back as ``Unnamed: 0``) and strictly increasing integers (0, 1, 2, ...,
+    or the row labels of a slice); taken as a series it would be forecast, scaled and counted in ``n_vars``.
+    """
+    import pandas as pd
+
+    saved = [c for c in df.columns if isinstance(c, str) and _BLANK_HEADER.match(c)
+             and pd.api.types.is_integer_dtype(df[c]) and df[c].is_monotonic_increasing and df[c].is_unique]
+    if not saved:
+        return df
+    warnings.warn(f"{source}: column {saved[0]!r} holds the row numbers of a saved pandas index "
+                  f"({df[saved[0]].head(3).tolist()}, ...), not a series: it is dropped. Write CSVs with "
+                  "df.to_csv(path, index=False) to leave it out.", UserWarning, stacklevel=3)
+    return df.drop(columns=saved)
+
+
+def _long_table_advice(df, time_col: str | None = None) -> str:
+    """What to do when ``df`` looks like a long table (one row per series and time), or ``""``.
+
+    A long table has a column of timestamps that repeat (one per series), a column naming the series (text,
+    categories or integers, each value repeated) and numeric values. ``time_col`` names the timestamp column when
+    known; otherwise the first column whose leading values parse as timestamps is taken.
+    """
+    import pandas as pd
+
+    if len(df) < 4:
+        return ""
+    head = df.head(200)
+
+    def is_time(c) -> bool:
+        col = head[c]
+        if pd.api.types.is_datetime64_any_dtype(col):
+            return True
+        if pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
+            return False
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pandas warns when it has to guess a date format
+            return bool(pd.to_datetime(col, errors="coerce").notna().all())
+
+    if time_col is None:
+        time_col = next((c for c in df.columns if is_time(c)), None)
+    if time_col is None or not df[time_col].duplicated().any():
+        return ""
+    ids = [c for c in df.columns if c != time_col and not pd.api.types.is_float_dtype(df[c])
+           and 1 < df[c].nunique() <= len(df) // 2]
+    values = [c for c in df.columns if c != time_col and c not in ids and pd.api.types.is_numeric_dtype(df[c])]
+    if not ids or not values:
+        return ""
+    names = f"id_col={ids[0]!r}, time_col={time_col!r}, target_col={values[0] if len(values) == 1 else '<values>'!r}"
+    return (f"this looks like a long table (one row per series and time: series in {ids[0]!r}, timestamps in "
+            f"{time_col!r}), but this reader takes the wide layout: 'date' + one column per series. In Python, "
+            f"Forecaster(..., {names}) reads the long frame or CSV as it is; for the command line, make the file "
+            f"wide first: gatedzoo.forecast.to_wide(df, {names}).to_csv(path, index=False).")
+
+
+def fixed_frequency(freq: str | None) -> str | None:
+    """``freq`` as a frequency of fixed duration (what :func:`time_steps` and a residual cycle need), or `None`.
+
+    ``"h"``, ``"30min"``, ``"7D"`` are returned as they are; weeks anchored on a weekday (``"W-SUN"``, ``"W"``) are
+    the same rows as steps of 7 days, so ``"7D"`` (``"14D"`` for ``"2W-MON"``); calendar steps (``"MS"``, ``"B"``)
+    and `None` give `None`.
+    """
+    import pandas as pd
+
+    if not freq:
+        return None
+    if time_steps([pd.Timestamp(0)], freq) is not None:
+        return freq
+    offset = pd.tseries.frequencies.to_offset(freq)
+    if isinstance(offset, pd.offsets.Week) and offset.n > 0:
+        return f"{7 * offset.n}D"
+    return None
 
 
 def same_frequency(a: str, b: str) -> bool:

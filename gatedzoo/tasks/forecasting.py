@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -45,7 +46,8 @@ def predict_windows(model: nn.Module, x: torch.Tensor, step: torch.Tensor | None
     if step is None:
         raise ValueError(
             "the model reads each window's time step (a residual cycle, cycle_len > 0) but the data carry none: their "
-            "'date' has no regular fixed-length frequency; pass freq= (e.g. 'h', '30min', 'D') or use cycle_len=0."
+            "'date' has no regular fixed-length frequency; give the data one (Forecaster(freq=...), "
+            "TimeSeriesDataModule(freq=...): 'h', '30min', 'D', and '7D' for weekly data) or use cycle_len=0."
         )
     return model(x, step.to(x.device))
 
@@ -82,22 +84,58 @@ def evaluate(model: nn.Module, loader, device: str | torch.device | None = None)
     return {"mse": se / count, "mae": ae / count, "samples": samples}
 
 
-def check_data_fits(model: nn.Module, dm) -> None:
-    """Raise before training when the data's look-back, horizon or variable count differ from the model's."""
+def weights_source(arch: str, pretrained: bool = False) -> str | None:
+    """``arch`` when it names weights that :func:`gatedzoo.create_model` loads (``arch.tag``, a folder, ``local-dir:``,
+    ``hf-hub:``, or a bare ``arch`` with ``pretrained``), else `None` (a model built from scratch)."""
+    named = ("." in arch or os.sep in arch or arch.startswith(("local-dir:", "hf-hub:"))
+             or Path(arch).expanduser().is_dir())
+    return arch if named or pretrained else None
+
+
+def check_data_fits(model: nn.Module, dm, weights: str | None = None) -> None:
+    """Raise before training when the data's look-back, horizon or variable count differ from the model's, or the
+    model has a residual cycle and the data no fixed-length step.
+
+    ``weights`` names the weights the model was loaded from (`None`: built from scratch); their look-back cannot
+    change, so the advice for a ``seq_len`` mismatch is then to change the data's.
+    """
     for name, want, have in (("seq_len", getattr(model, "seq_len", None), dm.seq_len),
                              ("pred_len", getattr(model, "pred_len", None), dm.pred_len),
                              ("n_vars", getattr(model, "n_vars", None), getattr(dm, "n_vars", None))):
-        if want is not None and have is not None and want != have:
+        if want is None or have is None or want == have:
+            continue
+        if name == "seq_len" and weights is not None:
             raise ValueError(
-                f"the data gives {name}={have} but the model was built with {name}={want}; set "
-                f"model.init_args.model_args.{name}: {have} (a different pred_len re-initialises the head of loaded "
-                "weights; seq_len must match them)."
+                f"the data gives seq_len={have} but the weights {weights} look back {want} steps, and a look-back is "
+                f"part of the weights (only the horizon, pred_len, adapts): set the data's seq_len to {want} "
+                f"(data.init_args.seq_len: {want}; command line --data.init_args.seq_len {want}), or train a "
+                f"{have}-step look-back from scratch (model.init_args: arch: {model.zoo_config.get('architecture')}, "
+                f"pretrained: false, model_args.seq_len: {have})."
             )
+        raise ValueError(
+            f"the data gives {name}={have} but the model was built with {name}={want}; set "
+            f"model.init_args.model_args.{name}: {have}"
+            + (" (a different pred_len re-initialises the head of the loaded weights)." if weights else ".")
+        )
     if getattr(model, "reads_time", False) and getattr(dm, "steps", 0) is None:
+        from gatedzoo.data.timeseries import fixed_frequency
+
+        fixed = fixed_frequency(dm.freq)
+        if fixed:
+            fix = (f"give the data module the same rows as steps of fixed length, TimeSeriesDataModule(freq={fixed!r}) "
+                   f"(command line: --data.init_args.freq {fixed}), or ")
+        elif not dm.freq:
+            fix = ("resample 'date' to a regular grid and give its frequency, TimeSeriesDataModule(freq='h') "
+                   "(command line: --data.init_args.freq h; 'h', '30min', 'D', ...), or ")
+        else:
+            fix = ""
+        scratch = (f", trained from scratch (arch: {model.zoo_config.get('architecture')}, pretrained: false) since "
+                   f"the weights {weights} have one" if weights else "")
         raise ValueError(
             f"the model has a residual cycle (cycle_len={model.cycle_len}) and reads each window's time step, but "
-            f"the data's frequency {dm.freq!r} is not a fixed duration ('date' is irregular or calendar-based); pass "
-            "the data module freq= (e.g. 'h', '30min', 'D') or build the model with cycle_len=0."
+            f"the data's frequency {dm.freq!r} is not a fixed duration ('date' is irregular or calendar-based: "
+            f"months, business days, weeks anchored on a weekday); {fix}use a model without a cycle, "
+            f"model_args.cycle_len: 0 (command line: --model.init_args.model_args.cycle_len 0){scratch}."
         )
 
 
@@ -140,15 +178,49 @@ class Forecasting(ZooTask):
             raise ValueError(f"loss={loss!r}; use one of {', '.join(map(repr, LOSSES))}.")
         if loss == "huber" and not huber_delta > 0:
             raise ValueError(f"huber_delta={huber_delta!r}; the Huber threshold must be positive.")
-        super().__init__(*args, weight_decay=weight_decay, schedule=schedule, **kwargs)
+        try:
+            super().__init__(*args, weight_decay=weight_decay, schedule=schedule, **kwargs)
+        except ValueError as err:
+            # a seq_len override of loaded weights fails deep in the loader, naming a projection's shape
+            self._explain_lookback(err)
+            raise
         self.save_hyperparameters()
         self.test_metrics: dict[str, float] = {}
+
+    def _explain_lookback(self, err: ValueError) -> None:
+        """Raise a clear error from ``err`` when it comes from a ``model_args.seq_len`` that differs from the loaded
+        weights' look-back; return otherwise (``ZooTask`` recorded the arguments before building the model)."""
+        import yaml
+
+        from gatedzoo.zoo.pretrained import pretrained_config
+
+        hp = self.hparams
+        seq = (hp.get("model_args") or {}).get("seq_len")
+        weights = weights_source(str(hp.get("arch", "")), bool(hp.get("pretrained")))
+        if seq is None or weights is None:
+            return
+        seq = yaml.safe_load(seq) if isinstance(seq, str) else seq
+        try:
+            cfg = pretrained_config(weights)
+        except (KeyError, ValueError, FileNotFoundError):
+            return
+        lookback = cfg.get("lookback") or cfg.get("model_args", {}).get("seq_len")
+        if lookback is None or seq == lookback:
+            return
+        arch = cfg.get("architecture", "gateformer")
+        raise ValueError(
+            f"model_args.seq_len={seq}, but the weights {weights} look back {lookback} steps, and a look-back is part "
+            f"of the weights (only the horizon, pred_len, adapts when they load). Keep their look-back: drop the "
+            f"seq_len override and give the data seq_len: {lookback} (command line: --data.init_args.seq_len "
+            f"{lookback}); or train a {seq}-step look-back from scratch: arch: {arch}, pretrained: false (command "
+            f"line: --model.init_args.arch {arch} --model.init_args.pretrained false)."
+        ) from err
 
     def on_fit_start(self) -> None:
         dm = getattr(self.trainer, "datamodule", None)
         if dm is not None and hasattr(dm, "seq_len"):
             dm.setup("fit")
-            check_data_fits(self.model, dm)
+            check_data_fits(self.model, dm, weights_source(self.hparams.arch, self.hparams.pretrained))
         super().on_fit_start()
 
     def training_loss(self, pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

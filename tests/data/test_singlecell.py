@@ -80,8 +80,10 @@ def test_checks_refuse_bad_input_with_the_fix(stim, p68):
     with pytest.raises(DataCheckError, match="layer=.*counts"):
         check_anndata(stim, vocab)  # log1p .X where counts are expected: names the counts layer
     adata, _ = p68
-    with pytest.raises(DataCheckError, match="negative values"):
-        check_anndata(adata, GeneVocab(list(adata.var_names)))  # pbmc68k .X is scaled
+    # pbmc68k .X is scaled and it has no layers: the fix is its .raw, which setup_anndata cannot name
+    with pytest.raises(DataCheckError, match=r"negative values.*layers: \[\], or .raw: pass adata.raw.to_adata\(\) "
+                                             r"\(with input='log1p'"):
+        check_anndata(adata, GeneVocab(list(adata.var_names)))
     with pytest.raises(DataCheckError, match="obs has no column 'cell_type'"):
         check_anndata(stim, vocab, layer="counts", labels_key="cell_type")
     renamed = stim.copy()

@@ -211,3 +211,50 @@ def test_a_too_short_test_part_is_refused_at_setup_before_training(tmp_path):
     dm = TimeSeriesDataModule(str(path), ratios=[0.7, 0.3, 0.0])  # no test part wanted: accepted
     dm.setup()
     assert set(dm.sets) == {"train", "val"}
+
+
+def test_a_saved_pandas_index_is_dropped_with_a_warning(tmp_path):
+    # df.to_csv(path) writes the index under a blank header (read back as "Unnamed: 0"); taken as a series it was
+    # forecast and counted in n_vars, and the n_vars error then asked for one variable too many
+    vic = load_frame("vic_elec").iloc[:500]
+    for part, name in ((vic, "whole.csv"), (vic.iloc[100:], "slice.csv")):  # a slice keeps its labels 100, 101, ...
+        part.to_csv(tmp_path / name)
+        with pytest.warns(UserWarning, match=r"column 'Unnamed: 0' holds the row numbers of a saved pandas index.*"
+                                             r"index=False"):
+            df = load_frame(str(tmp_path / name))
+        assert list(df.columns) == ["date", "Temperature", "Demand"]
+        pd.testing.assert_frame_equal(df, part.reset_index(drop=True), check_freq=False)
+    # a blank-header column of measurements is data, not an index
+    kept = check_frame(vic.assign(**{"Unnamed: 3": vic["Demand"].to_numpy()}))
+    assert "Unnamed: 3" in kept.columns
+
+
+def test_a_long_table_is_refused_with_how_to_read_it(tmp_path):
+    from gatedzoo.forecast import to_long
+
+    long = to_long(load_frame("vic_elec").iloc[:500], value_col="y")
+    path = tmp_path / "long.csv"
+    long.to_csv(path, index=False)
+    # the old advice (load_frame(..., date_col='<name>')) led to "'date' must increase strictly"
+    how = r"Forecaster\(\.\.\., id_col='unique_id', time_col='ds', target_col='y'\).*to_wide\(df, id_col='unique_id'"
+    with pytest.raises(ValueError, match=r"no 'date' column .*this looks like a long table .*" + how):
+        load_frame(str(path))
+    with pytest.raises(ValueError, match=r"'ds' repeats its timestamps: this looks like a long table .*" + how):
+        load_frame(str(path), date_col="ds")
+    other = long.rename(columns={"unique_id": "series", "ds": "timestamp", "y": "value"})
+    with pytest.raises(ValueError, match=r"id_col='series', time_col='timestamp', target_col='value'"):
+        check_frame(other)
+    with pytest.raises(ValueError, match=r"increase strictly .*this looks like a long table"):
+        check_frame(long.rename(columns={"ds": "date"}))
+    # a wide frame with a repeated timestamp is no long table: the plain advice stays
+    wide = load_frame("vic_elec").iloc[:10]
+    with pytest.raises(ValueError, match="increase strictly .*: sort the rows by date and drop repeated timestamps"):
+        check_frame(pd.concat([wide, wide.iloc[[3]]]))
+
+
+def test_fixed_frequency_names_the_fixed_step_of_a_calendar_one():
+    from gatedzoo.data.timeseries import fixed_frequency
+
+    for freq, fixed in (("h", "h"), ("30min", "30min"), ("7D", "7D"), ("W-SUN", "7D"), ("W", "7D"),
+                        ("2W-MON", "14D"), ("MS", None), ("B", None), ("", None), (None, None)):
+        assert fixed_frequency(freq) == fixed, freq

@@ -1,6 +1,7 @@
 """Forecasting task: a real (tiny) fit on vic_elec, per-sample metrics, the evaluator, the golden shipped weights."""
 
 import json
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -13,6 +14,7 @@ from datafiles import need
 import gatedzoo
 from gatedzoo import cli
 from gatedzoo.data.timeseries import ETTH1, TimeSeriesDataModule, WindowDataset, load_frame, time_steps
+from gatedzoo.forecast import to_long
 from gatedzoo.tasks import EVALUATORS, SaveZooWeights
 from gatedzoo.tasks.base import TRAIN_LOSS, VAL_LOSS, lr_factor
 from gatedzoo.tasks.forecasting import TEST_MSE, VAL_MAE, VAL_MSE, Forecasting, check_data_fits, evaluate
@@ -259,3 +261,46 @@ def test_eval_of_a_users_file_splits_it_by_ratio_and_bad_input_is_one_line(tmp_p
     assert cli.main(["eval", "gateformer.etth1_96", "--data", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("gatedzoo eval: the data has 6 variables") and "Traceback" not in err
+
+
+def test_a_look_back_other_than_the_weights_names_theirs_and_the_fix(vic_csv, tmp_path, monkeypatch, capsys):
+    # it was "flatten_proj.weight is [64, 832] in the checkpoint but [64, 1600]", under a jsonargparse dump
+    fix = r"the weights gateformer.etth1_96 look back 96 steps.*--data.init_args.seq_len 96.*pretrained false"
+    for seq in (192, "192"):  # a recipe value, a command-line override
+        with pytest.raises(ValueError, match=r"model_args.seq_len=192, but " + fix):
+            Forecasting("gateformer.etth1_96", model_args={"n_vars": 2, "seq_len": seq}, pretrained=True)
+    # the data's look-back against loaded weights: change the data's, not the model's (which cannot load)
+    model = gatedzoo.create_model("gateformer.etth1_96", n_vars=2)
+    dm = TimeSeriesDataModule(str(vic_csv), seq_len=192, pred_len=96)
+    dm.setup()
+    with pytest.raises(ValueError, match=r"seq_len=192 but the weights gateformer.etth1_96 look back 96 steps.*"
+                                         r"set the data's seq_len to 96"):
+        check_data_fits(model, dm, weights="gateformer.etth1_96")
+    monkeypatch.chdir(tmp_path)
+    recipe = str(Path(__file__).parents[2] / "recipes" / "gateformer" / "finetune_csv.yaml")
+    assert cli.main(["fit", "-c", recipe, "--data.init_args.dataset", str(vic_csv),
+                     "--model.init_args.model_args.seq_len", "192"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gatedzoo fit: model_args.seq_len=192, but the weights gateformer.etth1_96 look back 96")
+    assert "Union subtypes" not in err and "Traceback" not in err
+    # a data error found at setup, before any training, is one line too
+    long = tmp_path / "long.csv"
+    to_long(load_frame(str(vic_csv)), value_col="y").to_csv(long, index=False)
+    assert cli.main(["fit", "-c", recipe, "--data.init_args.dataset", str(long)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"gatedzoo fit: {long}: no 'date' column") and "Traceback" not in err
+    assert not (tmp_path / "runs" / "gateformer" / "finetune_csv" / "zoo").exists()
+
+
+def test_a_cycle_on_weekly_data_names_the_data_modules_fixed_step():
+    model = gatedzoo.create_model("gateformer", n_vars=2, pred_len=4, seq_len=16, cycle_len=4, **TINY)
+    weekly = load_frame("vic_elec").set_index("date").resample("W-SUN").mean().iloc[1:-1].reset_index()
+    dm = TimeSeriesDataModule.from_frame(weekly, seq_len=16, pred_len=4)
+    dm.setup()
+    assert dm.freq == "W-SUN" and dm.steps is None
+    with pytest.raises(ValueError, match=r"not a fixed duration .*TimeSeriesDataModule\(freq='7D'\) \(command line: "
+                                         r"--data.init_args.freq 7D\).*--model.init_args.model_args.cycle_len 0"):
+        check_data_fits(model, dm)
+    fixed = TimeSeriesDataModule.from_frame(weekly, seq_len=16, pred_len=4, freq="7D")  # the advice, followed
+    fixed.setup()
+    check_data_fits(model, fixed)
