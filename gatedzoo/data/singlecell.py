@@ -227,7 +227,7 @@ def tokenize_matrix(rows_iter, gene_ids: np.ndarray, n_bins: int) -> tuple[np.nd
 
     Returns:
         ``(indptr int64 [N + 1], genes int32 [nnz], bins uint8 [nnz])``, genes by decreasing value per cell (equal
-        values in column order).
+        values by increasing vocabulary index, whatever the column order).
     """
     import scipy.sparse as sp
 
@@ -241,7 +241,9 @@ def tokenize_matrix(rows_iter, gene_ids: np.ndarray, n_bins: int) -> tuple[np.nd
             vals, cols = chunk.data[a:b], chunk.indices[a:b]
             pos = vals > 0
             vals, cols = vals[pos], cols[pos]
-            order = np.argsort(-vals, kind="stable")
+            # equal values (most genes hold 1-2 counts) are ordered by vocabulary index, not by column: a cell is a
+            # set of genes, so its top-max_genes tokens must not depend on the file's gene order or CSR storage order
+            order = np.lexsort((ids[cols], -vals))
             genes.append(ids[cols[order]].astype(np.int32))
             bins.append(bin_values(vals[order], n_bins) if len(vals) else np.zeros(0, np.uint8))
             indptr.append(indptr[-1] + len(vals))

@@ -311,3 +311,30 @@ def test_duplicated_genes_warn_and_count_once(stim):
     assert _same_tokens(dup, once)
     assert all(len(set(dup.cell(i)[0])) == len(dup.cell(i)[0]) for i in range(len(dup)))
 
+
+
+def test_tokens_do_not_depend_on_the_gene_order_or_the_csr_storage_order(stim):
+    # real cells hold many genes with equal counts (1-2 UMIs), so the top-max_genes cut falls inside ties
+    vocab = GeneVocab(list(stim.var_names))
+    base = tokenize_anndata(stim, vocab, layer="counts")
+    perm = np.random.default_rng(0).permutation(stim.n_vars)
+    shuffled = stim[:, perm].copy()
+    shuffled.layers["counts"] = sp.csr_matrix(shuffled.layers["counts"].toarray())  # sorted indices, new order
+    unsorted = stim.copy()
+    m = sp.csr_matrix(stim.layers["counts"])
+    rev = sp.csr_matrix((m.data.copy(), m.indices.copy(), m.indptr.copy()), shape=m.shape)
+    for r in range(rev.shape[0]):  # the same matrix, each row's entries stored in reverse column order
+        a, b = rev.indptr[r], rev.indptr[r + 1]
+        rev.data[a:b], rev.indices[a:b] = rev.data[a:b][::-1], rev.indices[a:b][::-1]
+    rev.has_sorted_indices = False
+    unsorted.layers["counts"] = rev
+    counts = np.asarray(m[0].todense()).ravel()
+    assert (counts == 1).sum() > 100  # the ties this is about
+    for other in (shuffled, unsorted):
+        assert _same_tokens(base, tokenize_anndata(other, vocab, layer="counts"))
+    # equal values come by increasing vocabulary index
+    ids = vocab.encode(list(stim.var_names))
+    count_of = dict(zip(ids.tolist(), counts.tolist()))
+    g = base.genes[base.indptr[0]:base.indptr[1]].tolist()
+    keys = [(-count_of[i], i) for i in g]
+    assert keys == sorted(keys)
